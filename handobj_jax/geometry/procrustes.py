@@ -1,0 +1,100 @@
+"""Similarity alignment of point sets (JAX, batched over leading dims).
+
+Points are [..., K, 3] float32 in any consistent unit (HO-3D: metres, OpenGL
+camera frame). Conventions follow the HO-3D evaluation protocol
+(/work/shared/reference/metrics.md):
+
+* `procrustes_align(pred, gt)`: centre both sets, divide each by its
+  Frobenius norm (+1e-8), R, s = orthogonal Procrustes of (gt, pred) with
+  scipy.linalg.orthogonal_procrustes semantics (R = U V^T from the SVD of
+  gt^T pred, s = sum of singular values; reflections are NOT excluded), and
+  return (pred @ R^T) * s * ||gt_centred|| + mean(gt).
+* `scale_translation_align(pred, gt)`: scale pred so that |p[j1] - p[j0]|
+  equals the ground truth's, then move p[j0] onto gt[j0].
+
+Forward values are finite for degenerate input (e.g. all-zero predictions map
+to the ground-truth centroid). Gradients through the SVD are undefined for
+repeated singular values; these functions are meant for evaluation.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+_NORM_EPS = 1e-8
+
+
+def orthogonal_procrustes(a: Array, b: Array) -> tuple[Array, Array]:
+  """R, s minimising ||a R - b||_F over orthogonal R (det may be -1).
+
+  Args:
+    a, b: [..., K, D].
+
+  Returns:
+    (R [..., D, D], s [...] = sum of singular values of a^T b).
+  """
+  m = jnp.swapaxes(a, -1, -2) @ b
+  u, sv, vt = jnp.linalg.svd(m, full_matrices=False)
+  return u @ vt, jnp.sum(sv, axis=-1)
+
+
+def procrustes_align(pred: Array, gt: Array) -> Array:
+  """Aligns `pred` onto `gt` with a similarity transform (HO-3D protocol).
+
+  Args:
+    pred: [..., K, 3] predicted points.
+    gt: [..., K, 3] ground-truth points.
+
+  Returns:
+    [..., K, 3] float32 aligned prediction.
+  """
+  if pred.shape != gt.shape or pred.shape[-1] != 3 or pred.ndim < 2:
+    raise ValueError(f"procrustes_align: pred and gt must both be [..., K, 3]"
+                     f"; got {pred.shape} and {gt.shape}")
+  pred = pred.astype(jnp.float32)
+  gt = gt.astype(jnp.float32)
+  mu_p = jnp.mean(pred, axis=-2, keepdims=True)
+  mu_g = jnp.mean(gt, axis=-2, keepdims=True)
+  p0 = pred - mu_p
+  g0 = gt - mu_g
+  n_p = jnp.linalg.norm(p0, axis=(-2, -1))[..., None, None] + _NORM_EPS
+  n_g = jnp.linalg.norm(g0, axis=(-2, -1))[..., None, None] + _NORM_EPS
+  r, s = orthogonal_procrustes(g0 / n_g, p0 / n_p)
+  aligned = (p0 / n_p) @ jnp.swapaxes(r, -1, -2)
+  return aligned * s[..., None, None] * n_g + mu_g
+
+
+def scale_translation_align(pred: Array, gt: Array, root: int = 0,
+                            scale_ref: int = 4) -> Array:
+  """Scale + translation alignment (HO-3D "sc-tr" protocol).
+
+  The scale is |gt[scale_ref] - gt[root]| / |pred[scale_ref] - pred[root]|
+  (scale 1 when the predicted bone has zero length, so that only the
+  translation acts), then the predicted root is moved onto the true root.
+
+  Args:
+    pred, gt: [..., K, 3].
+    root: index of the translation anchor (wrist).
+    scale_ref: index whose distance to `root` fixes the scale.
+
+  Returns:
+    [..., K, 3] float32.
+  """
+  if pred.shape != gt.shape or pred.shape[-1] != 3 or pred.ndim < 2:
+    raise ValueError(f"scale_translation_align: pred and gt must both be "
+                     f"[..., K, 3]; got {pred.shape} and {gt.shape}")
+  k = pred.shape[-2]
+  if not (0 <= root < k and 0 <= scale_ref < k):
+    raise ValueError(f"scale_translation_align: root={root} / scale_ref="
+                     f"{scale_ref} out of range for K={k}")
+  pred = pred.astype(jnp.float32)
+  gt = gt.astype(jnp.float32)
+  len_p = jnp.linalg.norm(pred[..., scale_ref, :] - pred[..., root, :], axis=-1)
+  len_g = jnp.linalg.norm(gt[..., scale_ref, :] - gt[..., root, :], axis=-1)
+  ok = len_p > 0
+  scale = jnp.where(ok, len_g / jnp.where(ok, len_p, 1.0), 1.0)
+  rel = pred - pred[..., root:root + 1, :]
+  return rel * scale[..., None, None] + gt[..., root:root + 1, :]

@@ -1,0 +1,327 @@
+"""COHESIV responsibility maps (Sec. 3.1, Eq. 1-2) and the pseudo-labels.
+
+Frames and units:
+  * Pixels (x, y) = (column, row), pixel centres at integer coordinates.
+  * Optical flow [..., H, W, 2] from frame t to a neighbour frame:
+    flow[..., y, x, 0] = dx (along columns), flow[..., y, x, 1] = dy (rows).
+  * A hand's motion model is a homography M_k [..., 3, 3] acting on [x, y, 1]
+    (frame t -> neighbour frame); its predicted flow at (x, y) is
+    proj(M_k [x, y, 1]) - [x, y].
+
+Eq. 2 (distances, pixels):
+  d_k(x, y)  = || [x, y] + o(x, y) - proj(M_k [x, y, 1]) ||_2
+  d_BG(x, y) = || o(x, y) ||_2            (static background)
+Eq. 1 (read as the paper intends, see the papers README): per pixel, a
+softmax over {background, valid hands} of -d / t with temperature t = 2, so
+the model with the smaller distance gets the larger share:
+  R[..., y, x, 0]  = background responsibility,
+  R[..., y, x, k]  = responsibility of hand k (k = 1..N); invalid hands get
+  exactly 0 and the channels sum to 1.
+
+Shapes: B batch, K neighbour offsets, N hands, V hand vertices, H, W image.
+All functions accept any leading batch shape and are jit/vmap-safe float32.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+
+from handobj_jax.geometry.homography import _project
+from handobj_jax.geometry.homography import _safe_sqrt
+from handobj_jax.geometry.homography import fit_homography
+from handobj_jax.geometry.homography import fit_homography_robust
+
+Array = jax.Array
+
+
+def _check_flow(flow: Array, name: str = "flow") -> Array:
+  flow = jnp.asarray(flow, jnp.float32)
+  if flow.ndim < 3 or flow.shape[-1] != 2:
+    raise ValueError(f"{name} must be [..., H, W, 2] (dx, dy); got "
+                     f"{flow.shape}")
+  return flow
+
+
+def _plane_distance(ox: Array, oy: Array, h: Array) -> Array:
+  """Eq. 2 for one hand on planar flow components.
+
+  Args:
+    ox, oy: [..., H, W] flow components.
+    h: [..., 3, 3].
+
+  Returns:
+    [..., H, W] distances in pixels (finite, possibly huge).
+  """
+  height, width = ox.shape[-2], ox.shape[-1]
+  xs = jnp.arange(width, dtype=jnp.float32)[None, :]
+  ys = jnp.arange(height, dtype=jnp.float32)[:, None]
+  e = h[..., None, None, :, :]
+  num_x = e[..., 0, 0] * xs + e[..., 0, 1] * ys + e[..., 0, 2]
+  num_y = e[..., 1, 0] * xs + e[..., 1, 1] * ys + e[..., 1, 2]
+  den = e[..., 2, 0] * xs + e[..., 2, 1] * ys + e[..., 2, 2]
+  px, py = _project(num_x, num_y, den)
+  rx = xs + ox - px
+  ry = ys + oy - py
+  return _safe_sqrt(rx * rx + ry * ry)
+
+
+def _hand_planes(ox: Array, oy: Array, homographies: Array,
+                 hand_valid: Array, temperature: float) -> List[Array]:
+  """Eq. 1 hand channels as a list of N planes [..., H, W].
+
+  With z_bg = -d_bg / t and z_n = -d_n / t, the softmax share of hand n is
+  R_n = 1 / (1 + exp(z_bg - z_n) + sum_{j != n, valid} exp(z_j - z_n)):
+  no max-shift is needed (an overflowing exp gives 1 / inf = 0, the right
+  limit) and each channel costs N exponentials. Invalid hands are exactly 0.
+
+  Performance note: everything is elementwise on [..., H, W] planes (hands
+  and offsets unrolled in Python, no reductions over small axes), so XLA
+  fuses it with its consumer into one vectorised loop. A fused loop that
+  writes a channel-last output recomputes the whole expression for every
+  channel, which is why the background channel is not computed here (the
+  callers derive it as 1 - sum of hands after a fusion barrier).
+  """
+  inv_t = jnp.float32(1.0 / temperature)
+  d_bg = _safe_sqrt(ox * ox + oy * oy)
+  n_hands = homographies.shape[-3]
+  dists = [_plane_distance(ox, oy, homographies[..., n, :, :])
+           for n in range(n_hands)]
+  valids = [hand_valid[..., n][..., None, None] for n in range(n_hands)]
+  # Exponents are capped at 80 (exp(80) ~ 5.5e34): the share is then < 2e-35
+  # either way, and neither the value nor its gradient becomes inf / NaN.
+  cap = jnp.float32(80.0)
+  planes = []
+  for n in range(n_hands):
+    total = 1.0 + jnp.exp(jnp.minimum((dists[n] - d_bg) * inv_t, cap))
+    for j in range(n_hands):
+      if j != n:
+        total = total + jnp.where(
+            valids[j],
+            jnp.exp(jnp.minimum((dists[n] - dists[j]) * inv_t, cap)), 0.0)
+    planes.append(jnp.where(valids[n], 1.0 / total, 0.0))
+  return planes
+
+
+def _with_background(hand_planes: List[Array]) -> Array:
+  """Stacks [1 - sum(hands), hands...] channel-last, [..., H, W, N + 1]."""
+  hands = jnp.stack(hand_planes, axis=-1)
+  # Materialise the hand channels once; without the barrier XLA fuses them
+  # into the concatenation below and recomputes them for the extra channel.
+  hands = jax.lax.optimization_barrier(hands)
+  bg = 1.0 - sum(hands[..., n] for n in range(hands.shape[-1]))
+  return jnp.concatenate([jnp.maximum(bg, 0.0)[..., None], hands], axis=-1)
+
+
+def hand_distance(flow: Array, h_k: Array) -> Array:
+  """Eq. 2: distance between observed flow and one hand's homography flow.
+
+  Args:
+    flow: [..., H, W, 2] (dx, dy) in pixels.
+    h_k: [..., 3, 3] homography (frame t -> neighbour frame).
+
+  Returns:
+    d_k [..., H, W] = || [x, y] + o - proj(h_k [x, y, 1]) ||.
+  """
+  flow = _check_flow(flow)
+  h_k = jnp.asarray(h_k, jnp.float32)
+  if h_k.shape[-2:] != (3, 3):
+    raise ValueError(f"h_k must be [..., 3, 3]; got {h_k.shape}")
+  return _plane_distance(flow[..., 0], flow[..., 1], h_k)
+
+
+def responsibility(
+    flow: Array,
+    homographies: Array,
+    hand_valid: Array,
+    temperature: float = 2.0,
+) -> Array:
+  """Eq. 1: per-pixel softmax of -d / t over background and valid hands.
+
+  Args:
+    flow: [..., H, W, 2] (dx, dy) in pixels.
+    homographies: [..., N, 3, 3] per-hand motion models.
+    hand_valid: [..., N] bool; invalid hands get responsibility exactly 0.
+    temperature: t > 0 (the paper uses 2).
+
+  Returns:
+    R [..., H, W, N + 1]: channel 0 background, channel k hand k; sums to 1.
+  """
+  flow = _check_flow(flow)
+  homographies = jnp.asarray(homographies, jnp.float32)
+  if homographies.ndim < 3 or homographies.shape[-2:] != (3, 3):
+    raise ValueError(f"homographies must be [..., N, 3, 3]; got "
+                     f"{homographies.shape}")
+  if not temperature > 0:
+    raise ValueError(f"temperature must be > 0; got {temperature}")
+  hand_valid = jnp.asarray(hand_valid, bool)
+  planes = _hand_planes(flow[..., 0], flow[..., 1], homographies, hand_valid,
+                        temperature)
+  return _with_background(planes)
+
+
+def bilinear_sample(image: Array, pts: Array) -> Array:
+  """Bilinear lookup at sub-pixel (x, y) points.
+
+  Border handling: coordinates are clamped to [0, W-1] x [0, H-1] (edge
+  replication), so points outside the image return the nearest edge value;
+  non-finite coordinates are treated as (0, 0). Callers that need to know
+  which points were outside must test that themselves.
+
+  Args:
+    image: [..., H, W, C].
+    pts: [..., P, 2] (x, y) pixel coordinates; leading dims broadcast
+      against image's.
+
+  Returns:
+    [..., P, C] float32.
+  """
+  image = jnp.asarray(image, jnp.float32)
+  pts = jnp.asarray(pts, jnp.float32)
+  if image.ndim < 3 or pts.shape[-1] != 2:
+    raise ValueError(f"bilinear_sample wants image [..., H, W, C] and pts "
+                     f"[..., P, 2]; got {image.shape}, {pts.shape}")
+  height, width, chans = image.shape[-3:]
+  batch = jnp.broadcast_shapes(image.shape[:-3], pts.shape[:-2])
+  image = jnp.broadcast_to(image, batch + image.shape[-3:])
+  pts = jnp.broadcast_to(pts, batch + pts.shape[-2:])
+  pts = jnp.where(jnp.isfinite(pts), pts, 0.0)
+  x = jnp.clip(pts[..., 0], 0.0, width - 1.0)
+  y = jnp.clip(pts[..., 1], 0.0, height - 1.0)
+  x0f = jnp.floor(x)
+  y0f = jnp.floor(y)
+  fx = (x - x0f)[..., None]
+  fy = (y - y0f)[..., None]
+  x0 = x0f.astype(jnp.int32)
+  y0 = y0f.astype(jnp.int32)
+  x1 = jnp.minimum(x0 + 1, width - 1)
+  y1 = jnp.minimum(y0 + 1, height - 1)
+  flat = image.reshape(batch + (height * width, chans))
+
+  def gather(yi, xi):
+    idx = (yi * width + xi)[..., None]
+    return jnp.take_along_axis(flat, idx, axis=-2)
+
+  top = gather(y0, x0) * (1.0 - fx) + gather(y0, x1) * fx
+  bot = gather(y1, x0) * (1.0 - fx) + gather(y1, x1) * fx
+  return top * (1.0 - fy) + bot * fy
+
+
+def clip_responsibility(
+    flow: Array,
+    flow_valid: Array,
+    vertices_t: Array,
+    vertices_nbr: Optional[Array],
+    hand_valid: Array,
+    temperature: float = 2.0,
+    robust: bool = False,
+    robust_threshold: float = 3.0,
+) -> Tuple[Array, Array]:
+  """Responsibility of frame t averaged over neighbour offsets (paper: +-3).
+
+  For each offset k and hand n, a homography is fit from the hand vertices
+  at frame t to dst, where dst = v + flow_k(v) (flow bilinearly sampled at
+  the vertices, the paper's procedure) or, if ``vertices_nbr`` is given,
+  dst = vertices_nbr (direct vertex correspondence, which the paper reports
+  as worse). Vertices that are non-finite or outside [0, W-1] x [0, H-1] at
+  frame t are excluded from the fit. R_k is Eq. 1 with hands whose fit failed
+  excluded; R is the mean of R_k over offsets with flow_valid. With no valid
+  offset at all, R is all background.
+
+  Args:
+    flow: [..., K, H, W, 2] flow from frame t to each neighbour.
+    flow_valid: [..., K] bool, False where the neighbour is outside the clip.
+    vertices_t: [..., N, V, 2] hand vertices (x, y) at frame t.
+    vertices_nbr: None or [..., K, N, V, 2] vertices in each neighbour.
+    hand_valid: [..., N] bool.
+    temperature: Eq. 1 temperature.
+    robust: use fit_homography_robust (RANSAC + IRLS) instead of the DLT.
+    robust_threshold: inlier threshold in pixels for the robust fit.
+
+  Returns:
+    R [..., H, W, N + 1] and ok [..., K, N] (fit succeeded, offset valid
+    and hand valid).
+  """
+  flow = _check_flow(flow)
+  if not temperature > 0:
+    raise ValueError(f"temperature must be > 0; got {temperature}")
+  if flow.ndim < 4:
+    raise ValueError(f"flow must be [..., K, H, W, 2]; got {flow.shape}")
+  height, width = flow.shape[-3], flow.shape[-2]
+  vertices_t = jnp.asarray(vertices_t, jnp.float32)
+  if vertices_t.ndim < 3 or vertices_t.shape[-1] != 2:
+    raise ValueError(f"vertices_t must be [..., N, V, 2]; got "
+                     f"{vertices_t.shape}")
+  n_hands, n_verts = vertices_t.shape[-3], vertices_t.shape[-2]
+  flow_valid = jnp.asarray(flow_valid, bool)
+  hand_valid = jnp.asarray(hand_valid, bool)
+
+  src = vertices_t[..., None, :, :, :]  # [..., 1, N, V, 2]
+  inside = (jnp.all(jnp.isfinite(vertices_t), axis=-1)
+            & (vertices_t[..., 0] >= 0) & (vertices_t[..., 0] <= width - 1)
+            & (vertices_t[..., 1] >= 0) & (vertices_t[..., 1] <= height - 1))
+  if vertices_nbr is None:
+    flat_v = vertices_t.reshape(vertices_t.shape[:-3] + (1, n_hands * n_verts,
+                                                         2))
+    sampled = bilinear_sample(flow, flat_v)  # [..., K, N*V, 2]
+    dst = src + sampled.reshape(sampled.shape[:-2] + (n_hands, n_verts, 2))
+  else:
+    dst = jnp.asarray(vertices_nbr, jnp.float32)
+    if dst.shape[-3:] != vertices_t.shape[-3:]:
+      raise ValueError(f"vertices_nbr {dst.shape} must be [..., K, N, V, 2] "
+                       f"matching vertices_t {vertices_t.shape}")
+  src = jnp.broadcast_to(src, dst.shape)
+  vert_ok = jnp.broadcast_to(inside[..., None, :, :], dst.shape[:-1])
+  if robust:
+    h, fit_ok, _ = fit_homography_robust(src, dst, valid=vert_ok,
+                                         inlier_threshold=robust_threshold)
+  else:
+    h, fit_ok = fit_homography(src, dst, valid=vert_ok)
+  ok = fit_ok & flow_valid[..., None] & hand_valid[..., None, :]
+
+  wk = flow_valid.astype(jnp.float32)
+  n_valid = jnp.sum(wk, axis=-1, keepdims=True)
+  wk = wk / jnp.maximum(n_valid, 1.0)
+  # Offsets unrolled (K is small and static): a weighted sum of fused
+  # elementwise planes, no [..., K, H, W, N+1] intermediate.
+  acc = None
+  for k in range(flow.shape[-4]):
+    planes = _hand_planes(flow[..., k, :, :, 0], flow[..., k, :, :, 1],
+                          h[..., k, :, :, :], ok[..., k, :], temperature)
+    w_k = wk[..., k][..., None, None]
+    planes = [p * w_k for p in planes]
+    acc = planes if acc is None else [a + p for a, p in zip(acc, planes)]
+  r = _with_background(acc)
+  none = (n_valid[..., 0] == 0)[..., None, None, None]
+  bg_only = jnp.zeros_like(r).at[..., 0].set(1.0)
+  return jnp.where(none, bg_only, r), ok
+
+
+def pseudo_labels(
+    resp: Array,
+    person_mask: Array,
+    object_threshold: float = 0.5,
+) -> Dict[str, Array]:
+  """Training targets from a responsibility map (paper Sec. 3.3).
+
+  Args:
+    resp: R [..., H, W, N + 1] (channel 0 background).
+    person_mask: [..., H, W] bool person segmentation.
+    object_threshold: a pixel is object when the summed hand
+      responsibility exceeds it and it is not person.
+
+  Returns:
+    dict with hand_resp [..., N, H, W] float32 (per-hand targets),
+    object_mask, person_mask and background_mask [..., H, W] bool, where
+    background = not (object or person).
+  """
+  resp = jnp.asarray(resp, jnp.float32)
+  person = jnp.asarray(person_mask, bool)
+  if person.shape != resp.shape[:-1]:
+    raise ValueError(f"person_mask {person.shape} must match resp "
+                     f"{resp.shape[:-1]}")
+  hand_resp = jnp.moveaxis(resp[..., 1:], -1, -3)
+  obj = (jnp.sum(resp[..., 1:], axis=-1) > object_threshold) & ~person
+  return dict(hand_resp=hand_resp, object_mask=obj, person_mask=person,
+              background_mask=~(obj | person))

@@ -1,0 +1,32 @@
+"""Jobs: thin glue between configs and the library. A config's `job` field picks one.
+
+Jobs are registered by import path and imported only when run, so `main` stays light and a job's
+heavy dependencies are loaded only by the job that needs them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Callable
+
+JobFn = Callable[[Any, str], Any]
+
+# name -> "module:function". Every function takes (config, workdir).
+JOBS: dict[str, str] = {
+    "preview_data": "handobj_jax.jobs.preview_data:run",
+}
+
+
+class UnknownJobError(ValueError):
+  pass
+
+
+class JobInputError(ValueError):
+  """A job's input is unusable (missing data dir, unreadable file...): reported as one line."""
+
+
+def get_job(name: str) -> JobFn:
+  if name not in JOBS:
+    raise UnknownJobError(f"unknown job {name!r} in config.job; known jobs: {', '.join(sorted(JOBS))}")
+  module_name, fn_name = JOBS[name].split(":")
+  return getattr(importlib.import_module(module_name), fn_name)

@@ -1,0 +1,275 @@
+"""The shared trainer: one loop for every model in the project.
+
+A model plugs in as a `Task` (init, loss, optional visualisation and pretrained weights); the trainer owns
+everything else: the `('data',)` mesh (parameters replicated, batches sharded on the batch axis over every
+device of every host), one jitted step with the state donated, AdamW with reduce-on-plateau and early
+stopping per epoch, Orbax checkpoints with auto-resume (and a clean save on SIGTERM), NaN detection that stops
+with the step number and never checkpoints NaNs, TensorBoard scalars and images, PNG visualisations, and
+progress lines with rate and ETA. Given the same seed and data the run is deterministic, also across a
+kill and resume.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import signal
+import threading
+import time
+from typing import Any, Callable, Iterator, Protocol
+
+import cv2
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+from clu import metric_writers
+
+from handobj_jax.train import checkpoint as ckpt_lib
+from handobj_jax.train import schedule as schedule_lib
+from handobj_jax.train.state import TrainState, make_optimizer
+
+Batch = dict[str, jax.Array]
+MASK_KEY = "_mask"
+
+
+class Task(Protocol):
+  """What a model supplies to the trainer. All functions are pure; `loss_fn` must honour an optional
+  boolean `batch['_mask']` [B] (padding examples in evaluation) by excluding them from its mean."""
+
+  def init_variables(self, rng: jax.Array, batch: Batch) -> dict[str, Any]:
+    """{'params': ..., 'batch_stats': ...} (batch_stats may be {})."""
+
+  def loss_fn(self, params: Any, batch_stats: Any, batch: Batch, rng: jax.Array,
+              train: bool) -> tuple[jax.Array, tuple[dict[str, jax.Array], Any]]:
+    """(scalar loss, (scalar metrics, new batch_stats))."""
+
+  def load_pretrained(self, variables: dict[str, Any]) -> dict[str, Any]:
+    """Returns variables with any configured pretrained weights merged in (or unchanged)."""
+
+  def visualize(self, variables: dict[str, Any], batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Named uint8 RGB images [H, W, 3] for summaries."""
+
+
+class TrainingStopped(RuntimeError):
+  """A run that cannot continue (NaN loss): the message says where."""
+
+
+@dataclasses.dataclass
+class FitResult:
+  step: int
+  epoch: int
+  val_loss: float | None
+  val_metrics: dict[str, float]
+  stopped_early: bool
+  preempted: bool
+  best_step: int | None
+
+
+def _replicated(mesh) -> jax.sharding.NamedSharding:
+  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+
+def _tree_all_finite(tree: Any) -> jax.Array:
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
+def make_train_step(task: Task, mesh) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
+  def step(state: TrainState, batch: Batch):
+    rng = jax.random.fold_in(state.rng, state.step)
+
+    def loss_of(params):
+      return task.loss_fn(params, state.batch_stats, batch, rng, True)
+
+    (loss, (metrics, batch_stats)), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
+    finite = jnp.isfinite(loss) & _tree_all_finite(grads)
+    new_state = state.apply_gradients(grads, batch_stats=batch_stats)
+    # A non-finite step leaves the state untouched; the host sees `finite` and stops the run.
+    new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+    metrics = {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads),
+               "learning_rate": state.learning_rate(), "finite": finite}
+    return new_state, metrics
+
+  return jax.jit(step, donate_argnums=0, out_shardings=_replicated(mesh))
+
+
+def make_eval_step(task: Task, mesh) -> Callable[[TrainState, Batch], dict]:
+  def step(state: TrainState, batch: Batch):
+    loss, (metrics, _) = task.loss_fn(state.params, state.batch_stats, batch, state.rng, False)
+    n = jnp.sum(batch[MASK_KEY].astype(jnp.float32)) if MASK_KEY in batch else jnp.float32(
+        jax.tree.leaves(batch)[0].shape[0])
+    out = {k: v * n for k, v in {**metrics, "loss": loss}.items()}
+    out["_count"] = n
+    return out
+
+  return jax.jit(step, out_shardings=_replicated(mesh))
+
+
+def init_state(task: Task, config, mesh, example_batch: Batch) -> tuple[TrainState, Any]:
+  """(a function making the initial state, its abstract shape). Params are created replicated."""
+  tx = make_optimizer(config.optim)
+  rng = jax.random.PRNGKey(config.seed)
+
+  def create(rng):
+    init_rng, state_rng = jax.random.split(rng)
+    variables = task.init_variables(init_rng, example_batch)
+    params = variables["params"]
+    return TrainState(step=jnp.asarray(0, jnp.int32), params=params,
+                      batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),
+                      rng=state_rng, tx=tx)
+
+  abstract = jax.eval_shape(create, rng)
+  replicated = _replicated(mesh)
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract)
+
+  def make() -> TrainState:
+    state = jax.jit(create, out_shardings=replicated)(rng)
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    loaded = task.load_pretrained(variables)
+    if loaded is not variables:
+      loaded = jax.device_put(loaded, replicated)
+      state = state.replace(params=loaded["params"], batch_stats=loaded["batch_stats"],
+                            opt_state=tx.init(loaded["params"]))
+    return state
+
+  return make, abstract
+
+
+class _Progress:
+  """Rate and ETA for log lines."""
+
+  def __init__(self, total_steps: int, start_step: int, batch_size: int):
+    self.total, self.batch_size = total_steps, batch_size
+    self.t0, self.s0 = time.time(), start_step
+
+  def line(self, step: int) -> str:
+    elapsed = max(time.time() - self.t0, 1e-9)
+    rate = (step - self.s0) / elapsed
+    eta = (self.total - step) / rate if rate > 0 else math.inf
+    eta_s = "?" if not math.isfinite(eta) else time.strftime("%H:%M:%S", time.gmtime(eta))
+    return (f"step {step}/{self.total} ({100.0 * step / max(self.total, 1):.1f}%) | {rate:.2f} steps/s, "
+            f"{rate * self.batch_size:.1f} ex/s | ETA {eta_s}")
+
+  def reset(self, step: int) -> None:
+    self.t0, self.s0 = time.time(), step
+
+
+def _write_pngs(directory: str, step: int, images: dict[str, np.ndarray]) -> None:
+  os.makedirs(directory, exist_ok=True)
+  for name, img in images.items():
+    cv2.imwrite(os.path.join(directory, f"{name}_{step:07d}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+
+
+def evaluate(eval_step, state: TrainState, batches: Iterator[Batch]) -> dict[str, float]:
+  sums: dict[str, float] = {}
+  for batch in batches:
+    for k, v in jax.device_get(eval_step(state, batch)).items():
+      sums[k] = sums.get(k, 0.0) + float(v)
+  count = sums.pop("_count", 0.0)
+  if count == 0:
+    raise ValueError("evaluation saw no examples: the validation split is empty")
+  return {k: v / count for k, v in sums.items()}
+
+
+def fit(task: Task, config, workdir: str, *, mesh, train_batches: Callable[[int], Iterator[Batch]],
+        eval_batches: Callable[[], Iterator[Batch]], steps_per_epoch: int,
+        example_batch: Batch) -> FitResult:
+  """Trains `task` until `config.num_epochs` epochs, early stopping, or SIGTERM.
+
+  train_batches(start_step) yields global training batches starting at that step (deterministic replay);
+  eval_batches() yields one pass over validation. Evaluation, the plateau schedule and a checkpoint with
+  the validation loss happen at each epoch end; plain checkpoints every `config.checkpoint.every_steps`.
+  """
+  total_steps = config.num_steps or config.num_epochs * steps_per_epoch
+  checkpointer = ckpt_lib.Checkpointer(workdir, keep=config.checkpoint.keep)
+  make_state, abstract = init_state(task, config, mesh, example_batch)
+  state, meta = checkpointer.restore_or(abstract, make_state)
+  plateau = (schedule_lib.Plateau.from_dict(meta["plateau"]) if meta else schedule_lib.Plateau(
+      learning_rate=config.optim.learning_rate, factor=config.optim.lr_factor,
+      lr_patience=config.optim.lr_patience, stop_patience=config.optim.stop_patience))
+  state = state.with_learning_rate(plateau.learning_rate)
+  start_step = int(jax.device_get(state.step))
+  if meta:
+    logging.info("resumed from step %d (epoch %d)", start_step, meta["epoch"])
+    print(f"resumed from {checkpointer.directory} at step {start_step}", flush=True)
+
+  writer = metric_writers.create_default_writer(
+      os.path.join(workdir, "tensorboard"), just_logging=jax.process_index() > 0)
+  train_step = make_train_step(task, mesh)
+  eval_step = make_eval_step(task, mesh)
+
+  stop_requested = threading.Event()
+  previous_handler = None
+  if threading.current_thread() is threading.main_thread():
+    previous_handler = signal.signal(signal.SIGTERM, lambda *_: stop_requested.set())
+
+  def meta_dict(step: int, val_loss: float | None) -> dict:
+    return {"step": step, "epoch": step // steps_per_epoch, "plateau": plateau.to_dict(),
+            "val_loss": val_loss, "task": type(task).__name__}
+
+  progress = _Progress(total_steps, start_step, config.batch_size)
+  val_metrics: dict[str, float] = {}
+  val_loss = meta["val_loss"] if meta else None
+  preempted = False
+  step = start_step
+  batches = train_batches(start_step)
+  try:
+    while step < total_steps and not plateau.stopped:
+      batch = next(batches)
+      state, metrics = train_step(state, batch)
+      step += 1
+      metrics = jax.device_get(metrics)
+      if not bool(metrics["finite"]):
+        raise TrainingStopped(
+            f"non-finite loss ({float(metrics['loss'])}) or gradient at step {step}; the state was not "
+            f"updated and no checkpoint was written for it; last checkpoint: step "
+            f"{checkpointer.latest_step()}. Lower config.optim.learning_rate or check the data.")
+      if step % config.log_every_steps == 0 or step == total_steps:
+        scalars = {f"train/{k}": float(v) for k, v in metrics.items() if k != "finite"}
+        writer.write_scalars(step, scalars)
+        logging.info("%s | loss %.4f", progress.line(step), scalars["train/loss"])
+        print(f"{progress.line(step)} | loss {scalars['train/loss']:.4f}", flush=True)
+
+      epoch_end = step % steps_per_epoch == 0
+      if epoch_end:
+        val_metrics = evaluate(eval_step, state, eval_batches())
+        val_loss = val_metrics["loss"]
+        action = plateau.update(val_loss)
+        if action == "lr_cut":
+          state = state.with_learning_rate(plateau.learning_rate)
+        writer.write_scalars(step, {f"val/{k}": v for k, v in val_metrics.items()})
+        msg = (f"epoch {step // steps_per_epoch}: val loss {val_loss:.4f} ({action}; lr "
+               f"{plateau.learning_rate:.3g}; best {plateau.best:.4f})")
+        logging.info(msg)
+        print(msg, flush=True)
+        if jax.process_index() == 0:
+          first = jax.device_get(next(iter(eval_batches())))
+          images = task.visualize({"params": state.params, "batch_stats": state.batch_stats}, first)
+          if images:
+            writer.write_images(step, {f"val/{k}": v[None] for k, v in images.items()})
+            _write_pngs(os.path.join(workdir, "images"), step, images)
+        checkpointer.save(step, state, meta_dict(step, val_loss), val_loss=val_loss)
+        progress.reset(step)
+      elif step % config.checkpoint.every_steps == 0:
+        checkpointer.save(step, state, meta_dict(step, None))
+      if stop_requested.is_set():
+        logging.warning("SIGTERM: saving step %d and exiting", step)
+        print(f"SIGTERM received: saved step {step}, exiting", flush=True)
+        if checkpointer.latest_step() != step:
+          checkpointer.save(step, state, meta_dict(step, None))
+        preempted = True
+        break
+    if not preempted and checkpointer.latest_step() != step:
+      checkpointer.save(step, state, meta_dict(step, val_loss))
+  finally:
+    writer.flush()
+    if previous_handler is not None:
+      signal.signal(signal.SIGTERM, previous_handler)
+    best = checkpointer.best_step()
+    checkpointer.close()
+  return FitResult(step=step, epoch=step // steps_per_epoch, val_loss=val_loss, val_metrics=val_metrics,
+                   stopped_early=plateau.stopped, preempted=preempted, best_step=best)

@@ -1,0 +1,216 @@
+"""The shared trainer on a toy task: one step, overfitting, resume parity, NaN stop, SIGTERM, schedule."""
+
+import math
+import os
+import signal
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from handobj_jax.train import checkpoint as ckpt_lib
+from handobj_jax.train import schedule
+from handobj_jax.train import trainer
+from input_pipeline import pipeline
+
+
+class _Net(nn.Module):
+  @nn.compact
+  def __call__(self, x, train):
+    x = nn.Dense(16)(x)
+    x = nn.BatchNorm(use_running_average=not train, momentum=0.9)(x)
+    return nn.Dense(1)(nn.relu(x))[..., 0]
+
+
+class ToyTask:
+  """Regression of a fixed nonlinear target; optionally poisons the loss at one step."""
+
+  def __init__(self, nan_at_step=None):
+    self.net = _Net()
+    self.nan_at_step = nan_at_step
+
+  def init_variables(self, rng, batch):
+    return dict(self.net.init(rng, batch["x"], False))
+
+  def loss_fn(self, params, batch_stats, batch, rng, train):
+    pred, updates = self.net.apply({"params": params, "batch_stats": batch_stats}, batch["x"], train,
+                                   mutable=["batch_stats"])
+    err = (pred - batch["y"]) ** 2
+    w = batch.get("_mask", jnp.ones_like(batch["y"], bool)).astype(jnp.float32)
+    loss = jnp.sum(err * w) / jnp.maximum(jnp.sum(w), 1.0)
+    if self.nan_at_step is not None:
+      loss = jnp.where(batch["step"][0] == self.nan_at_step, jnp.nan, loss)
+    return loss, ({"mse": loss}, updates["batch_stats"] if train else batch_stats)
+
+  def load_pretrained(self, variables):
+    return variables
+
+  def visualize(self, variables, batch):
+    return {"toy": np.full((8, 8, 3), 128, np.uint8)}
+
+
+def _batch(step, n=8):
+  rng = np.random.default_rng(1000 + step)
+  x = rng.normal(size=(n, 4)).astype(np.float32)
+  y = np.sin(x[:, 0]) + x[:, 1] * x[:, 2]
+  return {"x": x, "y": y.astype(np.float32), "step": np.full((n,), step, np.int32)}
+
+
+def _config(**overrides):
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.batch_size = 8
+  c.num_epochs = 3
+  c.num_steps = 0
+  c.log_every_steps = 5
+  c.optim = ml_collections.ConfigDict(dict(learning_rate=1e-2, weight_decay=1e-4, grad_clip_norm=0.0,
+                                           lr_factor=0.5, lr_patience=5, stop_patience=10))
+  c.checkpoint = ml_collections.ConfigDict(dict(every_steps=4, keep=2))
+  c.update(overrides)
+  return c
+
+
+def _fit(task, config, workdir, steps_per_epoch=10, fixed_batch=False):
+  mesh = pipeline.make_data_mesh()
+
+  def to_global(b):
+    return next(pipeline.global_batches([b], mesh))
+
+  def train_batches(start):
+    step = start
+    while True:
+      yield to_global(_batch(0 if fixed_batch else step))
+      step += 1
+
+  def eval_batches():
+    b = _batch(99999)
+    b["_mask"] = np.array([True] * 6 + [False] * 2)
+    yield to_global(b)
+
+  return trainer.fit(task, config, workdir, mesh=mesh, train_batches=train_batches,
+                     eval_batches=eval_batches, steps_per_epoch=steps_per_epoch,
+                     example_batch=to_global(_batch(0)))
+
+
+def _params(workdir, step=None):
+  c = ckpt_lib.Checkpointer(workdir)
+  step = c.latest_step() if step is None else step
+  meta = c.restore_meta(step)
+  state_dir = os.path.join(c.directory, str(step), "state")
+  c.close()
+  import orbax.checkpoint as ocp
+  restored = ocp.StandardCheckpointer().restore(state_dir)
+  return restored["params"], meta
+
+
+def test_one_step_writes_checkpoint_and_summaries(tmp_path):
+  result = _fit(ToyTask(), _config(num_steps=1), str(tmp_path))
+  assert result.step == 1
+  params, meta = _params(str(tmp_path))
+  assert meta["step"] == 1
+  assert os.listdir(tmp_path / "tensorboard")
+
+
+def test_overfits_one_batch(tmp_path):
+  task = ToyTask()
+  config = _config(num_steps=60, log_every_steps=60)
+  config.optim.learning_rate = 3e-2
+  mesh = pipeline.make_data_mesh()
+  b = next(pipeline.global_batches([_batch(0)], mesh))
+  make, _ = trainer.init_state(task, config, mesh, b)
+  state = make()
+  step = trainer.make_train_step(task, mesh)
+  first = None
+  for _ in range(60):
+    state, m = step(state, b)
+    loss = float(m["loss"])  # blocks: see conftest.py on queued collectives
+    first = loss if first is None else first
+  assert float(m["loss"]) < 0.1 * first
+
+
+def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
+  full = str(tmp_path / "full")
+  _fit(ToyTask(), _config(num_steps=23), full)
+  interrupted = str(tmp_path / "interrupted")
+  _fit(ToyTask(), _config(num_steps=12), interrupted)   # "killed" after step 12's checkpoint
+  result = _fit(ToyTask(), _config(num_steps=23), interrupted)
+  assert result.step == 23
+  a, _ = _params(full)
+  b, _ = _params(interrupted)
+  diffs = jax.tree.leaves(jax.tree.map(lambda x, y: float(np.max(np.abs(x - y))), a, b))
+  assert max(diffs) <= 1e-6
+
+
+def test_nan_loss_stops_with_step_and_no_nan_checkpoint(tmp_path):
+  with pytest.raises(trainer.TrainingStopped, match="step 7"):
+    _fit(ToyTask(nan_at_step=6), _config(num_steps=20), str(tmp_path))
+  c = ckpt_lib.Checkpointer(str(tmp_path))
+  steps = c.all_steps()
+  c.close()
+  assert steps and max(steps) <= 6
+  for s in steps:
+    params, _ = _params(str(tmp_path), s)
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
+
+
+def test_checkpointer_refuses_nan_state(tmp_path):
+  c = ckpt_lib.Checkpointer(str(tmp_path))
+  with pytest.raises(ckpt_lib.NonFiniteCheckpointError, match="step 3"):
+    c.save(3, {"w": np.array([1.0, np.nan], np.float32)}, {"epoch": 0})
+  assert c.all_steps() == []
+  c.close()
+
+
+def test_sigterm_saves_and_exits(tmp_path):
+  task = ToyTask()
+  fired = {"done": False}
+  calls = {"n": 0}
+  mesh = pipeline.make_data_mesh()
+
+  def train_batches(start):
+    step = start
+    while True:
+      calls["n"] += 1
+      if calls["n"] == 5 and not fired["done"]:
+        fired["done"] = True
+        os.kill(os.getpid(), signal.SIGTERM)
+      yield next(pipeline.global_batches([_batch(step)], mesh))
+      step += 1
+
+  def eval_batches():
+    yield next(pipeline.global_batches([_batch(99999)], mesh))
+
+  result = trainer.fit(task, _config(num_steps=1000), str(tmp_path), mesh=mesh,
+                       train_batches=train_batches, eval_batches=eval_batches, steps_per_epoch=100,
+                       example_batch=next(pipeline.global_batches([_batch(0)], mesh)))
+  assert result.preempted and result.step == 5
+  _, meta = _params(str(tmp_path))
+  assert meta["step"] == 5
+
+
+def test_epoch_end_eval_keeps_best_and_latest(tmp_path):
+  result = _fit(ToyTask(), _config(num_epochs=3), str(tmp_path), steps_per_epoch=10)
+  assert result.step == 30 and result.val_loss is not None and math.isfinite(result.val_loss)
+  c = ckpt_lib.Checkpointer(str(tmp_path), keep=2)
+  steps = c.all_steps()
+  best = c.best_step()
+  c.close()
+  assert best in steps and 30 in steps
+  assert len(steps) <= 3
+  assert list((tmp_path / "images").glob("toy_*.png"))
+
+
+def test_plateau_schedule_halves_then_stops():
+  p = schedule.Plateau(learning_rate=1e-2)
+  assert p.update(1.0) == "improved"
+  actions = [p.update(1.0) for _ in range(10)]
+  assert actions[:4] == ["same"] * 4 and actions[4] == "lr_cut" and actions[9] == "stop"
+  assert p.learning_rate == pytest.approx(5e-3)
+  assert p.stopped
+  q = schedule.Plateau.from_dict(p.to_dict())
+  assert q == p
+  with pytest.raises(FloatingPointError):
+    schedule.Plateau(learning_rate=1.0).update(float("nan"))
