@@ -3,7 +3,8 @@
 Usage:
   python benchmarks/bench_synthetic.py [--clips 20] [--sizes 128,256]
 
-Prints a table with one row per (config, size) and a clips/s column. Each benchmark is a `Row` produced by a
+Prints a table with one row per (config, size) and a clips/s column: clip generation, the TFDS build,
+and examples/s through the tf.data training pipeline into global `jax.Array`s. Each benchmark is a `Row` produced by a
 function registered in `BENCHMARKS`; add another (e.g. a tf.data pipeline) by appending a function that
 returns rows.
 """
@@ -55,7 +56,41 @@ def bench_generate_clip(sizes: list[int], num_clips: int) -> list[Row]:
   return rows
 
 
-BENCHMARKS: list[Callable[[list[int], int], list[Row]]] = [bench_generate_clip]
+def bench_tfdata(sizes: list[int], num_clips: int) -> list[Row]:
+  """Examples/s read back through the training tf.data pipeline (decode, shuffle, batch 2) into global
+  `jax.Array`s, from a `synthetic_handobj` build of `num_clips` clips made in a temporary directory."""
+  import tempfile  # pylint: disable=g-import-not-at-top
+
+  from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
+  from input_pipeline import tfds_synthetic  # pylint: disable=g-import-not-at-top
+
+  rows = []
+  mesh = pipeline.make_data_mesh()
+  for size in sizes:
+    with tempfile.TemporaryDirectory() as data_dir:
+      config = tfds_synthetic.SyntheticHandObjConfig(
+          name=f"bench{size}", height=size, width=size, num_train=num_clips, num_validation=1, num_test=1)
+      builder = tfds_synthetic.SyntheticHandobj(data_dir=data_dir, config=config)
+      start = time.perf_counter()
+      builder.download_and_prepare()
+      build_s = time.perf_counter() - start
+      rows.append(Row("tfds build (generate+write)", size, (num_clips + 2) / build_s,
+                      1e3 * build_s / (num_clips + 2), f"{num_clips + 2} clips"))
+      ds = pipeline.train_dataset(pipeline.load_split(builder, "train"), batch_size=2, seed=0, cache=False)
+      batches = pipeline.global_batches(ds, mesh)
+      next(batches)  # Warm-up: opens files, starts the prefetch threads.
+      n_batches = max(num_clips // 2, 4)
+      start = time.perf_counter()
+      for _ in range(n_batches):
+        batch = next(batches)
+      batch["frames"].block_until_ready()
+      elapsed = time.perf_counter() - start
+      rows.append(Row("tf.data -> global jax.Array", size, 2 * n_batches / elapsed,
+                      1e3 * elapsed / (2 * n_batches), f"{n_batches} batches of 2, all fields decoded"))
+  return rows
+
+
+BENCHMARKS: list[Callable[[list[int], int], list[Row]]] = [bench_generate_clip, bench_tfdata]
 
 
 def format_table(rows: list[Row]) -> str:

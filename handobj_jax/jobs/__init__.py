@@ -14,6 +14,7 @@ JobFn = Callable[[Any, str], Any]
 # name -> "module:function". Every function takes (config, workdir).
 JOBS: dict[str, str] = {
     "preview_data": "handobj_jax.jobs.preview_data:run",
+    "train": "handobj_jax.jobs.train:run",
 }
 
 

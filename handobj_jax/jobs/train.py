@@ -1,0 +1,216 @@
+"""Job `train`: train COHESIV on pseudo-labelled frames, then save the statistics inference needs.
+
+  python -m handobj_jax.main --config=configs/cohesiv.py[:variant] --workdir=DIR
+
+Steps:
+  1. Data: `cohesiv_examples.ensure_pseudolabelled(config, data_dir)` builds (first use, resumable) or opens
+     the pseudo-labelled examples of `config.data` (see notes: one example = one middle frame).
+  2. tf.data: training = the train split, cached, shuffled with `config.seed`, the configured train
+     preprocessing (decode + flip augmentation), batched per host, made global and sharded on the batch
+     axis over every device (`config.batch_size` must divide the device count's multiple); validation = one
+     padded pass (`_mask`). One epoch = floor(train examples / batch size) steps.
+  3. `trainer.fit` (AdamW, halve the lr after `lr_patience` epochs without a validation improvement, stop
+     after `stop_patience`, checkpoints with auto-resume).
+  4. Prints the final validation losses and writes `<workdir>/inference_stats.npz` (+ `.json`): the mean
+     person / object / background embeddings Z over the pseudo-label pixels of training images (paper
+     Sec. 3.2 "Inference": "average 500 embeddings ... wherever our pseudo-labels are 'object'"), computed
+     with the best-validation checkpoint (the latest when no epoch finished). Images are read in split
+     order, unflipped, until each of person and object has >= `config.inference_stats.min_pixels` pixels
+     and at least `config.inference_stats.min_images` images were seen.
+
+npz keys: person_embedding, object_embedding, background_embedding [F] float32 (raw means, not normalised;
+inference uses cosine similarity), pixel_counts [3] int64 (person, object, background), num_images,
+checkpoint_step, embed_dim (int64 scalars).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Callable
+
+import jax
+import numpy as np
+import tensorflow as tf
+
+from handobj_jax import jobs
+from handobj_jax.tasks import cohesiv_task
+from handobj_jax.train import checkpoint as ckpt_lib
+from handobj_jax.train import trainer
+from input_pipeline import pipeline
+
+# Features the task reads; everything else in an example (flow, ground truth, ids) is dropped before
+# caching and batching.
+TRAIN_FIELDS = ("image", "responsibility", "query_point", "query_valid", "hand_box", "person_mask",
+                "object_mask", "background_mask")
+STATS_FILE = "inference_stats.npz"
+STATS_ORDER = ("person", "object", "background")
+
+# config.data.name of the real video datasets -> what the user must provide.
+REAL_DATASETS = {
+    "epic_kitchens": "EPIC-KITCHENS (videos + action segments)",
+    "doh100": "100 Days of Hands ('make drinks' / 'make food' videos)",
+    "ho3d": "HO-3D (v2/v3 sequences)",
+}
+
+
+def run(config, workdir: str) -> dict[str, Any]:
+  return train_and_evaluate(config, workdir, open_pseudolabelled(config))
+
+
+def open_pseudolabelled(config):
+  """The pseudo-labelled TFDS builder for `config.data` (built on first use); bad input -> JobInputError."""
+  name = config.data.name
+  if name in REAL_DATASETS and not config.data.manual_dir:
+    raise jobs.JobInputError(
+        f"config.data.name={name!r}: the builder for {REAL_DATASETS[name]} reads the user's downloaded "
+        "copy from config.data.manual_dir, which is empty; download the dataset and pass "
+        "--config.data.manual_dir=DIR (note: the real-video builders are future work; the synthetic "
+        "world, config.data.name='synthetic_handobj', works out of the box)")
+  try:
+    data_dir = pipeline.resolve_data_dir(config.data.data_dir)
+    from input_pipeline import cohesiv_examples  # pylint: disable=g-import-not-at-top
+    return cohesiv_examples.ensure_pseudolabelled(config, data_dir)
+  except pipeline.DataError as e:
+    extra = (f" (the {REAL_DATASETS[name]} builder reading config.data.manual_dir is future work)"
+             if name in REAL_DATASETS else "")
+    raise jobs.JobInputError(f"{e}{extra}") from None
+
+
+def select_fields(example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+  missing = [k for k in TRAIN_FIELDS if k not in example]
+  if missing:
+    raise pipeline.DataError(f"pseudo-labelled examples lack the field(s) {missing}; they have "
+                             f"{sorted(example)}")
+  return {k: example[k] for k in TRAIN_FIELDS}
+
+
+def make_train_preprocess(config) -> Callable[[dict[str, tf.Tensor]], dict[str, tf.Tensor]]:
+  """The training preprocessing of the pseudo-label module (decode, flip augmentation)."""
+  from input_pipeline import cohesiv_examples  # pylint: disable=g-import-not-at-top
+
+  def preprocess(example):
+    return select_fields(cohesiv_examples.train_preprocess(example, config))
+
+  return preprocess
+
+
+def train_and_evaluate(config, workdir: str, builder, *,
+                       train_preprocess: Callable | None = None) -> dict[str, Any]:
+  """Trains on `builder`'s train split, validates on 'validation', writes the inference statistics.
+
+  `train_preprocess` (tests only) replaces `make_train_preprocess(config)`.
+  """
+  mesh = pipeline.make_data_mesh()
+  try:
+    host_bs = pipeline.host_batch_size(config.batch_size, mesh)
+    train_split = pipeline.load_split(builder, "train")
+    pipeline.load_split(builder, "validation")
+  except pipeline.DataError as e:
+    raise jobs.JobInputError(str(e)) from None
+  num_train = builder.info.splits["train"].num_examples
+  steps_per_epoch = num_train // config.batch_size
+  if steps_per_epoch == 0:
+    raise jobs.JobInputError(f"the train split has {num_train} examples, fewer than one batch "
+                             f"(config.batch_size={config.batch_size})")
+  if config.model.pretrained and not os.path.exists(config.model.pretrained):
+    raise jobs.JobInputError(f"config.model.pretrained={config.model.pretrained!r} does not exist")
+  preprocess = train_preprocess or make_train_preprocess(config)
+  del train_split
+
+  def train_batches(start_step: int):
+    ds = pipeline.load_split(builder, "train", seed=config.seed)
+    ds = pipeline.train_dataset(ds, batch_size=host_bs, seed=config.seed, preprocess=preprocess,
+                                shuffle_buffer=config.data.shuffle_buffer, start_step=start_step,
+                                cache=config.data.cache)
+    return pipeline.global_batches(ds, mesh)
+
+  def eval_batches(split: str = "validation"):
+    ds = pipeline.load_split(builder, split).map(select_fields)
+    return pipeline.global_batches(pipeline.eval_dataset(ds, batch_size=host_bs), mesh)
+
+  example_batch = next(eval_batches())
+  task = cohesiv_task.CohesivTask(config)
+  print(f"training {config.model.encoder} COHESIV on {builder.info.full_name}: {num_train} train "
+        f"examples, {steps_per_epoch} steps/epoch, global batch {config.batch_size} over "
+        f"{mesh.devices.size} device(s)", flush=True)
+  result = trainer.fit(task, config, workdir, mesh=mesh, train_batches=train_batches,
+                       eval_batches=eval_batches, steps_per_epoch=steps_per_epoch,
+                       example_batch=example_batch)
+
+  state, ckpt_step = restore_state(task, config, workdir, mesh, example_batch)
+  val_metrics = dict(result.val_metrics)
+  if not val_metrics:  # No epoch ended (e.g. a few-step smoke run): evaluate the last state now.
+    last, _ = restore_state(task, config, workdir, mesh, example_batch, best=False)
+    val_metrics = trainer.evaluate(trainer.make_eval_step(task, mesh), last, eval_batches())
+  print(f"final validation losses (step {result.step}, epoch {result.epoch}): " +
+        ", ".join(f"{k} {v:.4f}" for k, v in sorted(val_metrics.items())), flush=True)
+
+  stats = inference_stats(task, state, mesh, eval_batches("train"), config.inference_stats.min_pixels,
+                          config.inference_stats.min_images)
+  stats["checkpoint_step"] = np.int64(ckpt_step)
+  path = save_inference_stats(workdir, stats)
+  print(f"inference statistics (checkpoint step {ckpt_step}, {int(stats['num_images'])} images, "
+        f"pixels person/object/background {stats['pixel_counts'].tolist()}): {path}", flush=True)
+  return {"fit": result, "val_metrics": val_metrics, "stats": stats, "stats_path": path,
+          "steps_per_epoch": steps_per_epoch}
+
+
+def restore_state(task, config, workdir: str, mesh, example_batch, best: bool = True):
+  """(TrainState, step) of the best-validation checkpoint (or the latest with best=False / none best)."""
+  _, abstract = trainer.init_state(task, config, mesh, example_batch)
+  checkpointer = ckpt_lib.Checkpointer(workdir, keep=config.checkpoint.keep)
+  try:
+    step = (checkpointer.best_step() if best else None) or checkpointer.latest_step()
+    if step is None:
+      raise jobs.JobInputError(f"no checkpoint in {checkpointer.directory} after training")
+    state, _ = checkpointer.restore(step, abstract)
+  finally:
+    checkpointer.close()
+  return state, step
+
+
+def inference_stats(task: cohesiv_task.CohesivTask, state, mesh, batches, min_pixels: int,
+                    min_images: int) -> dict[str, np.ndarray]:
+  """Mean person / object / background embeddings over pseudo-label pixels (see the module docstring)."""
+  replicated = pipeline.replicated_sharding(mesh)
+  sums_fn = jax.jit(task.class_embedding_sums, out_shardings=replicated)
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  sums = counts = None
+  images = 0
+  for batch in batches:
+    out = jax.device_get(sums_fn(variables, batch))  # Blocks each step (see tests/conftest.py).
+    sums = out["sums"].astype(np.float64) + (0 if sums is None else sums)
+    counts = out["counts"].astype(np.float64) + (0 if counts is None else counts)
+    images += int(np.sum(np.asarray(jax.device_get(batch["_mask"]))))
+    if images >= min_images and counts[0] >= min_pixels and counts[1] >= min_pixels:
+      break
+  if counts is None:
+    raise jobs.JobInputError("the train split is empty: no inference statistics")
+  for k, name in enumerate(STATS_ORDER[:2]):
+    if counts[k] < min_pixels:
+      print(f"warning: only {int(counts[k])} '{name}' pseudo-label pixels in the whole train split "
+            f"(wanted >= {min_pixels}); its mean embedding is noisy", flush=True)
+  means = sums / np.maximum(counts, 1.0)[:, None]
+  out = {f"{name}_embedding": means[k].astype(np.float32) for k, name in enumerate(STATS_ORDER)}
+  out.update(pixel_counts=counts.astype(np.int64), num_images=np.int64(images),
+             embed_dim=np.int64(means.shape[1]))
+  return out
+
+
+def save_inference_stats(workdir: str, stats: dict[str, np.ndarray]) -> str:
+  path = os.path.join(workdir, STATS_FILE)
+  if jax.process_index() == 0:
+    np.savez(path, **stats)
+    with open(os.path.splitext(path)[0] + ".json", "w") as f:
+      json.dump({k: np.asarray(v).tolist() for k, v in stats.items()}, f, indent=1)
+  return path
+
+
+def load_inference_stats(workdir: str) -> dict[str, np.ndarray]:
+  """Reads `<workdir>/inference_stats.npz` (for evaluation / prediction jobs)."""
+  path = os.path.join(workdir, STATS_FILE)
+  if not os.path.exists(path):
+    raise jobs.JobInputError(f"{path} not found: run the train job for this workdir first")
+  with np.load(path) as data:
+    return {k: data[k] for k in data.files}

@@ -1,0 +1,262 @@
+"""The COHESIV task for the shared trainer (Shan et al., NeurIPS 2021, Sec. 3.2-3.3, 4.1).
+
+Batch (global, sharded on B; pixels (x, y) with centres at integers; N = hand slots, padded):
+  image            [B, H, W, 3] float32 in [0, 1] (uint8 is accepted and divided by 255)
+  responsibility   [B, N, H, W] float32 in [0, 1] (uint8 = x255 is accepted), pseudo-label R_k per hand
+  query_point      [B, N, 2] float32 (x, y) pixels: the point whose Q vector queries K
+  query_valid      [B, N] bool
+  hand_box         [B, N, 4] float32 [x0, y0, x1, y1] pixels (hand-centre target)
+  person_mask, object_mask, background_mask   [B, H, W] bool pseudo-labels
+  _mask            [B] bool, optional: False on evaluation padding (excluded from every term)
+
+Loss (the value the trainer minimises, evaluates, schedules on and early-stops on):
+  attention_weight * responsibility_loss + embedding_weight * embedding_loss     (paper: 10 : 1)
+with `config.loss.attention_weight = 0` / `embedding_weight = 0` giving the Table 4 ablations
+"Embeddings-Only" / "Attention-Only".
+
+Hand-centre head (`config.model.center_head`, paper Sec. 3.2 "Hand Detector", trained "on a frozen backbone
+up to Z"). Choice: masked gradients in one run, not a second phase. The head reads `stop_gradient(Z)`
+(`CohesivNet.freeze_backbone_for_center`), so its MSE (Gaussian of `config.loss.center_sigma` px at each
+valid hand-box centre, `losses.center_heatmap_target`) can only move `params['center_head']`; and the
+centre term enters the loss as `w * (c - stop_gradient(c))`, which is 0 in value and `w * grad(c)` in
+gradient, so the reported loss, the plateau schedule and early stopping are exactly the paper's 10 : 1
+loss. The centre MSE is reported as the metric `center_loss`. Why not a second phase: one run, one
+checkpoint, no second schedule; the head is fitted to the backbone as it converges, and with the frozen
+input the backbone is bit-for-bit what it would be without the head (checked in the tests).
+
+Initialisation: scratch (Flax initialisers), then `config.model.pretrained` ('' = none): a timm/PyTorch
+ImageNet state dict (.pth/.safetensors/.npz) converted by `models.pretrained` into `params/encoder`,
+`batch_stats/encoder` (the trainer applies this only when the workdir has no checkpoint).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import cv2
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from handobj_jax.losses import cohesiv_losses
+from handobj_jax.models import cohesiv
+from handobj_jax.models import pretrained as pretrained_lib
+
+Batch = dict[str, jax.Array]
+
+# Colours of the pseudo-label overlay (RGB): person, object.
+PERSON_RGB = (255, 200, 0)
+OBJECT_RGB = (40, 90, 255)
+QUERY_RGB = (0, 90, 255)
+
+
+def make_model(model_config) -> cohesiv.CohesivNet:
+  """`CohesivNet` from `config.model` (encoder, decoder_channels, embed_dim, attn_dim, center_head,
+  tiny_stem_width, tiny_stage_planes)."""
+  return cohesiv.CohesivNet(
+      encoder=model_config.encoder,
+      decoder_channels=tuple(model_config.decoder_channels),
+      embed_dim=model_config.embed_dim,
+      attn_dim=model_config.attn_dim,
+      with_center_head=model_config.center_head,
+      freeze_backbone_for_center=True,
+      tiny_stem_width=model_config.tiny_stem_width,
+      tiny_stage_planes=tuple(model_config.tiny_stage_planes))
+
+
+def as_unit_float(x: jax.Array) -> jax.Array:
+  """uint8 (x255) -> float32 / 255; floats -> float32 unchanged."""
+  if x.dtype == jnp.uint8:
+    return x.astype(jnp.float32) / 255.0
+  return x.astype(jnp.float32)
+
+
+def example_mask(batch: Batch) -> jax.Array:
+  """[B] bool: True for real examples (`_mask` when present)."""
+  if "_mask" in batch:
+    return batch["_mask"].astype(bool)
+  return jnp.ones(batch["image"].shape[:1], bool)
+
+
+class CohesivTask:
+  """COHESIV: U-Net embedding Z, query/key heads, optional hand-centre head. See the module docstring."""
+
+  def __init__(self, config):
+    self.config = config
+    self.net = make_model(config.model)
+    self.loss_config = config.loss
+    self._forward = jax.jit(self._apply_eval)
+
+  # ---- Trainer protocol ---------------------------------------------------------------------------
+
+  def init_variables(self, rng: jax.Array, batch: Batch) -> dict[str, Any]:
+    height, width = batch["image"].shape[1:3]
+    variables = self.net.init(rng, jnp.zeros((1, height, width, 3), jnp.float32), train=False)
+    return {"params": variables["params"], "batch_stats": variables["batch_stats"]}
+
+  def loss_fn(self, params: Any, batch_stats: Any, batch: Batch, rng: jax.Array,
+              train: bool) -> tuple[jax.Array, tuple[dict[str, jax.Array], Any]]:
+    del rng  # The model has no dropout.
+    variables = {"params": params, "batch_stats": batch_stats}
+    images = as_unit_float(batch["image"])
+    if train:
+      out, updates = self.net.apply(variables, images, train=True, mutable=["batch_stats"])
+      new_batch_stats = updates["batch_stats"]
+    else:
+      out = self.net.apply(variables, images, train=False)
+      new_batch_stats = batch_stats
+    loss, metrics = self._loss_and_metrics(out, batch)
+    return loss, (metrics, new_batch_stats)
+
+  def load_pretrained(self, variables: dict[str, Any]) -> dict[str, Any]:
+    path = self.config.model.pretrained
+    if not path:
+      return variables
+    encoder_vars = pretrained_lib.load_pretrained(path, self.net.make_encoder())
+    return pretrained_lib.merge_into(variables, encoder_vars, prefix=("encoder",))
+
+  def visualize(self, variables: dict[str, Any], batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """One panel per shown example: a row per valid query hand of
+    [image + query dot | attention (viridis) | pseudo-label R (viridis) | PCA(Z) RGB | pseudo-label masks
+    (| centre heatmap)]."""
+    keep = np.flatnonzero(np.asarray(batch["_mask"], bool)) if "_mask" in batch else np.arange(
+        len(batch["image"]))
+    keep = keep[:self.config.viz.num_examples]
+    if keep.size == 0:
+      return {}
+    sub = {k: np.asarray(v)[keep] for k, v in batch.items()}
+    images = np.asarray(as_unit_float(jnp.asarray(sub["image"])))
+    out = jax.device_get(self._forward(variables, images, jnp.asarray(sub["query_point"], jnp.float32)))
+    panels = {}
+    for i in range(len(keep)):
+      panels[f"cohesiv_{i}"] = self._panel(images[i], {k: v[i] for k, v in sub.items()},
+                                           {k: v[i] for k, v in out.items()})
+    return panels
+
+  # ---- Pure pieces (also used by jobs) ------------------------------------------------------------
+
+  def _loss_and_metrics(self, out: dict[str, jax.Array], batch: Batch) -> tuple[jax.Array, dict]:
+    lc = self.loss_config
+    valid = example_mask(batch)                                      # [B]
+    query_valid = batch["query_valid"].astype(bool) & valid[:, None]  # [B, N]
+    attention = cohesiv.attention_map(out["q"], out["k"], batch["query_point"].astype(jnp.float32))
+    keep = valid[:, None, None]
+    loss, metrics = cohesiv_losses.cohesiv_total_loss(
+        attention.raw, as_unit_float(batch["responsibility"]), query_valid, out["z"],
+        batch["person_mask"].astype(bool) & keep, batch["object_mask"].astype(bool) & keep,
+        batch["background_mask"].astype(bool) & keep,
+        attention_weight=lc.attention_weight, embedding_weight=lc.embedding_weight, beta=lc.beta,
+        eps=lc.eps, stop_gradient_means=lc.stop_gradient_means)
+    metrics = dict(metrics)
+    if self.net.with_center_head:
+      center = self.center_mse(out["center"], batch, valid)
+      # Zero in value, `center_weight * grad(center)` in gradient (see the module docstring).
+      loss = loss + lc.center_weight * (center - jax.lax.stop_gradient(center))
+      metrics["center_loss"] = center
+    metrics["loss"] = loss
+    return loss, metrics
+
+  def center_mse(self, pred: jax.Array, batch: Batch, valid: jax.Array) -> jax.Array:
+    """MSE of the centre heatmap [B, H, W] against Gaussians at the valid hand-box centres, over the
+    pixels of real examples."""
+    boxes = batch["hand_box"].astype(jnp.float32)
+    has_box = (boxes[..., 2] > boxes[..., 0]) & (boxes[..., 3] > boxes[..., 1])
+    target = cohesiv_losses.center_heatmap_target(
+        boxes, batch["query_valid"].astype(bool) & has_box, pred.shape[1], pred.shape[2],
+        self.loss_config.center_sigma)
+    w = valid.astype(jnp.float32)[:, None, None]
+    err = jnp.square(pred.astype(jnp.float32) - target) * w
+    return jnp.sum(err) / jnp.maximum(jnp.sum(w) * pred.shape[1] * pred.shape[2], 1.0)
+
+  def _apply_eval(self, variables: dict[str, Any], images: jax.Array,
+                  points: jax.Array) -> dict[str, jax.Array]:
+    out = self.net.apply(variables, images, train=False)
+    att = cohesiv.attention_map(out["q"], out["k"], points)
+    result = {"z": out["z"], "attention": att.attention}
+    if "center" in out:
+      result["center"] = out["center"]
+    return result
+
+  def class_embedding_sums(self, variables: dict[str, Any], batch: Batch) -> dict[str, jax.Array]:
+    """Sums of Z over the person / object / background pseudo-label pixels of the real examples:
+    {'sums': [3, F], 'counts': [3]} in that order (for the inference statistics of Sec. 3.2)."""
+    out = self.net.apply(variables, as_unit_float(batch["image"]), train=False)
+    keep = example_mask(batch)[:, None, None]
+    masks = jnp.stack([batch[k].astype(bool) & keep for k in
+                       ("person_mask", "object_mask", "background_mask")], axis=1).astype(jnp.float32)
+    sums = jnp.einsum("bkhw,bhwf->kf", masks, out["z"], precision=jax.lax.Precision.HIGHEST)
+    return {"sums": sums, "counts": jnp.sum(masks, axis=(0, 2, 3))}
+
+  # ---- Drawing ------------------------------------------------------------------------------------
+
+  def _panel(self, image: np.ndarray, ex: dict[str, np.ndarray], out: dict[str, np.ndarray]) -> np.ndarray:
+    height, width = image.shape[:2]
+    scale = max(1, int(np.ceil(self.config.viz.tile / max(height, width))))
+    rgb = np.clip(image * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    pca = embedding_pca_rgb(out["z"])
+    masks = overlay(rgb, [ex["person_mask"].astype(bool), ex["object_mask"].astype(bool)],
+                    [PERSON_RGB, OBJECT_RGB])
+    target = np.asarray(ex["responsibility"], np.float32)
+    if ex["responsibility"].dtype == np.uint8:
+      target = target / 255.0
+    hands = np.flatnonzero(np.asarray(ex["query_valid"], bool))
+    rows = []
+    for n in (hands if hands.size else [0]):
+      query = rgb.copy()
+      up = _upscale(query, scale)
+      x, y = np.asarray(ex["query_point"][n], np.float64) * scale
+      if np.isfinite(x) and np.isfinite(y):
+        cv2.circle(up, (int(round(x)), int(round(y))), 3 * scale // 2 + 2, (255, 255, 255), -1)
+        cv2.circle(up, (int(round(x)), int(round(y))), scale // 2 + 2, QUERY_RGB, -1)
+      tiles = [_label(up, f"query hand {n}"),
+               _label(_upscale(viridis(out["attention"][n]), scale), "attention q^T K"),
+               _label(_upscale(viridis(target[n]), scale), "pseudo-label R"),
+               _label(_upscale(pca, scale), "PCA(Z)"),
+               _label(_upscale(masks, scale), "person / object")]
+      if "center" in out:
+        tiles.append(_label(_upscale(viridis(out["center"]), scale), "centre heatmap"))
+      rows.append(np.concatenate(tiles, axis=1))
+    return np.concatenate(rows, axis=0)
+
+
+def viridis(values: np.ndarray, lo: float = 0.0, hi: float = 1.0) -> np.ndarray:
+  """[H, W] floats -> RGB uint8 with OpenCV's viridis colormap over [lo, hi] (clipped)."""
+  v = np.clip((np.asarray(values, np.float32) - lo) / max(hi - lo, 1e-12), 0.0, 1.0)
+  bgr = cv2.applyColorMap(np.round(v * 255).astype(np.uint8), cv2.COLORMAP_VIRIDIS)
+  return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def embedding_pca_rgb(z: np.ndarray) -> np.ndarray:
+  """[H, W, F] embedding -> RGB uint8 of its first three principal components (per-channel 1st-99th
+  percentile stretched); finite for constant embeddings."""
+  h, w, f = z.shape
+  x = np.asarray(z, np.float64).reshape(-1, f)
+  x = x - x.mean(axis=0, keepdims=True)
+  _, _, vt = np.linalg.svd(x, full_matrices=False)
+  comps = x @ vt[:3].T
+  if comps.shape[1] < 3:
+    comps = np.pad(comps, ((0, 0), (0, 3 - comps.shape[1])))
+  lo, hi = np.percentile(comps, 1, axis=0), np.percentile(comps, 99, axis=0)
+  comps = np.clip((comps - lo) / np.maximum(hi - lo, 1e-12), 0.0, 1.0)
+  return np.round(comps * 255).astype(np.uint8).reshape(h, w, 3)
+
+
+def overlay(image: np.ndarray, masks: list[np.ndarray], colours: list[tuple[int, int, int]],
+            opacity: float = 0.55) -> np.ndarray:
+  out = image.astype(np.float32).copy()
+  for mask, colour in zip(masks, colours):
+    out[mask] = (1 - opacity) * out[mask] + opacity * np.asarray(colour, np.float32)
+  return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def _upscale(img: np.ndarray, scale: int) -> np.ndarray:
+  if scale == 1:
+    return np.ascontiguousarray(img)
+  return cv2.resize(img, (img.shape[1] * scale, img.shape[0] * scale), interpolation=cv2.INTER_NEAREST)
+
+
+def _label(img: np.ndarray, text: str) -> np.ndarray:
+  img = np.ascontiguousarray(img)
+  cv2.putText(img, text, (3, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 0), 3, cv2.LINE_AA)
+  cv2.putText(img, text, (3, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (255, 255, 255), 1, cv2.LINE_AA)
+  return img
