@@ -158,6 +158,11 @@ class _Progress:
     self.t0, self.s0 = time.time(), step
 
 
+def _local_numpy(tree: Any) -> Any:
+  """This process's first addressable shard of every array, as NumPy."""
+  return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)) if isinstance(x, jax.Array) else x, tree)
+
+
 def _write_pngs(directory: str, step: int, images: dict[str, np.ndarray]) -> None:
   os.makedirs(directory, exist_ok=True)
   for name, img in images.items():
@@ -247,8 +252,11 @@ def fit(task: Task, config, workdir: str, *, mesh, train_batches: Callable[[int]
         logging.info(msg)
         print(msg, flush=True)
         if jax.process_index() == 0:
-          first = jax.device_get(next(iter(eval_batches())))
-          images = task.visualize({"params": state.params, "batch_stats": state.batch_stats}, first)
+          # Host copies only (this host's shard of the batch, one replica of the state), so that
+          # visualisation never launches a multi-host computation from a single process.
+          first = _local_numpy(next(iter(eval_batches())))
+          images = task.visualize(_local_numpy({"params": state.params, "batch_stats": state.batch_stats}),
+                                  first)
           if images:
             writer.write_images(step, {f"val/{k}": v[None] for k, v in images.items()})
             _write_pngs(os.path.join(workdir, "images"), step, images)
