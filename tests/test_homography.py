@@ -138,7 +138,13 @@ def test_leading_batch_dims_match_per_item_fits():
     for j in range(3):
       hij, _ = hg.fit_homography(src[i, j].astype(np.float32),
                                  dst[i, j].astype(np.float32))
-      np.testing.assert_allclose(h[i, j], hij, rtol=1e-4, atol=1e-6)
+      # Compared where it matters, in pixels: batched and per-item solvers may differ in float32
+      # rounding (on GPU, batched and single SVDs are different cuSOLVER algorithms: entries then
+      # differ by ~1e-4 relative, reprojections by < 1e-3 px).
+      np.testing.assert_allclose(_project_np(np.asarray(h[i, j], np.float64), src[i, j]),
+                                 _project_np(np.asarray(hij, np.float64), src[i, j]), atol=1e-3)
+      np.testing.assert_allclose(_project_np(np.asarray(h[i, j], np.float64), src[i, j]),
+                                 dst[i, j], atol=1e-3)
       np.testing.assert_allclose(h[i, j], hs[i, j], rtol=1e-2, atol=1e-4)
 
 

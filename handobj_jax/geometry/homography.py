@@ -30,6 +30,7 @@ Everything is jit- and vmap-safe and uses only jax.numpy / lax.
 """
 from __future__ import annotations
 
+import functools
 from typing import Optional, Tuple
 
 import jax
@@ -47,6 +48,12 @@ _W_EPS = 1e-8
 # Projected coordinates are clipped to this magnitude so squared distances
 # stay finite in float32.
 _COORD_LIMIT = 1e15
+
+
+# Geometry runs in full float32 on every backend: GPUs would otherwise use TF32 for float32 matmuls
+# (10-bit mantissa), far too coarse for pixel-accurate homographies.
+_HIGHEST = jax.lax.Precision.HIGHEST
+_mm = functools.partial(jnp.matmul, precision=_HIGHEST)
 
 
 def _safe_div(num: Array, den: Array, ok: Array) -> Array:
@@ -113,18 +120,18 @@ def _null_vector_jvp(primals, tangents):
   v = vt[..., -1, :]
   lam = jnp.square(s)
   # d(a^T a) v = da^T (a v) + a^T (da v)
-  av = jnp.einsum("...mi,...i->...m", a, v)
-  dav = jnp.einsum("...mi,...i->...m", da, v)
-  dm_v = (jnp.einsum("...mi,...m->...i", da, av)
-          + jnp.einsum("...mi,...m->...i", a, dav))
+  av = jnp.einsum("...mi,...i->...m", a, v, precision=_HIGHEST)
+  dav = jnp.einsum("...mi,...i->...m", da, v, precision=_HIGHEST)
+  dm_v = (jnp.einsum("...mi,...m->...i", da, av, precision=_HIGHEST)
+          + jnp.einsum("...mi,...m->...i", a, dav, precision=_HIGHEST))
   # First-order perturbation of the smallest eigenvector of a^T a:
   # dv = sum_{j != min} v_j (v_j . dM v) / (lam_min - lam_j).
   gap = lam[..., -1:] - lam  # [..., 9], <= 0
   usable = jnp.abs(gap) > (1e-9 * lam[..., :1] + 1e-30)
   usable = usable.at[..., -1].set(False)
   inv_gap = _safe_div(jnp.ones_like(gap), gap, usable)
-  proj = jnp.einsum("...ji,...i->...j", vt, dm_v)  # v_j . dM v
-  dv = jnp.einsum("...ji,...j->...i", vt, proj * inv_gap)
+  proj = jnp.einsum("...ji,...i->...j", vt, dm_v, precision=_HIGHEST)  # v_j . dM v
+  dv = jnp.einsum("...ji,...j->...i", vt, proj * inv_gap, precision=_HIGHEST)
   return (v, s), (dv, jnp.zeros_like(s))
 
 
@@ -214,7 +221,7 @@ def fit_homography(
       jnp.stack([inv_sd, zeros, c_d[..., 0]], -1),
       jnp.stack([zeros, inv_sd, c_d[..., 1]], -1),
       jnp.stack([zeros, zeros, ones], -1)], -2)
-  h = t_dst_inv @ h_n @ t_src
+  h = _mm(_mm(t_dst_inv, h_n), t_src)
 
   fro = _safe_sqrt(jnp.sum(jnp.square(h), axis=(-2, -1)))
   h22 = h[..., 2, 2]

@@ -27,6 +27,9 @@ Array = jax.Array
 _NORM_EPS = 1e-8
 
 
+# Full float32 on GPUs too (no TF32 for these small matmuls).
+_HIGHEST = jax.lax.Precision.HIGHEST
+
 def orthogonal_procrustes(a: Array, b: Array) -> tuple[Array, Array]:
   """R, s minimising ||a R - b||_F over orthogonal R (det may be -1).
 
@@ -36,9 +39,9 @@ def orthogonal_procrustes(a: Array, b: Array) -> tuple[Array, Array]:
   Returns:
     (R [..., D, D], s [...] = sum of singular values of a^T b).
   """
-  m = jnp.swapaxes(a, -1, -2) @ b
+  m = jnp.matmul(jnp.swapaxes(a, -1, -2), b, precision=_HIGHEST)
   u, sv, vt = jnp.linalg.svd(m, full_matrices=False)
-  return u @ vt, jnp.sum(sv, axis=-1)
+  return jnp.matmul(u, vt, precision=_HIGHEST), jnp.sum(sv, axis=-1)
 
 
 def procrustes_align(pred: Array, gt: Array) -> Array:
@@ -63,7 +66,7 @@ def procrustes_align(pred: Array, gt: Array) -> Array:
   n_p = jnp.linalg.norm(p0, axis=(-2, -1))[..., None, None] + _NORM_EPS
   n_g = jnp.linalg.norm(g0, axis=(-2, -1))[..., None, None] + _NORM_EPS
   r, s = orthogonal_procrustes(g0 / n_g, p0 / n_p)
-  aligned = (p0 / n_p) @ jnp.swapaxes(r, -1, -2)
+  aligned = jnp.matmul(p0 / n_p, jnp.swapaxes(r, -1, -2), precision=_HIGHEST)
   return aligned * s[..., None, None] * n_g + mu_g
 
 

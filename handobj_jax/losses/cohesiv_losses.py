@@ -90,7 +90,7 @@ def _masked_mean_embedding(z: Array, mask: Array) -> tuple[Array, Array]:
   """[B, H, W, F], [B, H, W] -> mean [B, F] (zero if empty), count [B]."""
   m = mask.astype(jnp.float32)
   count = jnp.sum(m, axis=(1, 2))
-  total = jnp.einsum("bhwf,bhw->bf", z, m)
+  total = jnp.einsum("bhwf,bhw->bf", z, m, precision=jax.lax.Precision.HIGHEST)
   return total / jnp.maximum(count, 1.0)[:, None], count
 
 
@@ -151,7 +151,7 @@ def embedding_loss(z: Array,
   counts = jnp.stack([mc[1] for mc in means_counts], axis=1)  # [B, 3]
   if stop_gradient_means:
     means = jax.lax.stop_gradient(means)
-  logits = jnp.einsum("bkf,bhwf->bhwk", means, z)  # [B, H, W, 3]
+  logits = jnp.einsum("bkf,bhwf->bhwk", means, z, precision=jax.lax.Precision.HIGHEST)  # [B, H, W, 3]
   log_eps = jnp.full(logits.shape[:-1] + (1,), jnp.log(eps), jnp.float32)
   log_den = jax.nn.logsumexp(jnp.concatenate([logits, log_eps], -1), axis=-1)
   # log(exp(a_g) + eps) for each of the three possible numerators.
