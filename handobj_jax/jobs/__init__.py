@@ -14,6 +14,8 @@ JobFn = Callable[[Any, str], Any]
 # name -> "module:function". Every function takes (config, workdir).
 JOBS: dict[str, str] = {
     "preview_data": "handobj_jax.jobs.preview_data:run",
+    "pseudolabel": "handobj_jax.jobs.pseudolabel:run",
+    "responsibility_baseline": "handobj_jax.jobs.pseudolabel:run_baseline",
     "train": "handobj_jax.jobs.train:run",
 }
 
