@@ -17,6 +17,7 @@ JOBS: dict[str, str] = {
     "pseudolabel": "handobj_jax.jobs.pseudolabel:run",
     "responsibility_baseline": "handobj_jax.jobs.pseudolabel:run_baseline",
     "train": "handobj_jax.jobs.train:run",
+    "eval": "handobj_jax.jobs.evaluate:run",
 }
 
 

@@ -6,7 +6,7 @@ Steps:
   1. Data: `cohesiv_examples.ensure_pseudolabelled(config, data_dir)` builds (first use, resumable) or opens
      the pseudo-labelled examples of `config.data` (see notes: one example = one middle frame).
   2. tf.data: training = the train split, cached, shuffled with `config.seed`, the configured train
-     preprocessing (decode + flip augmentation), batched per host, made global and sharded on the batch
+     preprocessing (decode; flips happen in the step), batched per host, made global and sharded on the batch
      axis over every device (`config.batch_size` must divide the device count's multiple); validation = one
      padded pass (`_mask`). One epoch = floor(train examples / batch size) steps.
   3. `trainer.fit` (AdamW, halve the lr after `lr_patience` epochs without a validation improvement, stop
@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import numpy as np
@@ -85,27 +85,20 @@ def select_fields(example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
   return {k: example[k] for k in TRAIN_FIELDS}
 
 
-def make_train_preprocess(config) -> Callable[[dict[str, tf.Tensor]], dict[str, tf.Tensor]]:
-  """The training preprocessing of the pseudo-label module (decode, flip augmentation)."""
+def train_preprocess(example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+  """Decode (float32 image and responsibility in [0, 1]) and keep the task's fields. The flip
+  augmentation is done in the jitted step (see `tasks.cohesiv_task`), where it replays on resume."""
   from input_pipeline import cohesiv_examples  # pylint: disable=g-import-not-at-top
-
-  def preprocess(example):
-    return select_fields(cohesiv_examples.train_preprocess(example, config))
-
-  return preprocess
+  return select_fields(cohesiv_examples.train_preprocess(example, flip_prob=0.0))
 
 
-def train_and_evaluate(config, workdir: str, builder, *,
-                       train_preprocess: Callable | None = None) -> dict[str, Any]:
-  """Trains on `builder`'s train split, validates on 'validation', writes the inference statistics.
-
-  `train_preprocess` (tests only) replaces `make_train_preprocess(config)`.
-  """
+def train_and_evaluate(config, workdir: str, builder) -> dict[str, Any]:
+  """Trains on `builder`'s train split, validates on 'validation', writes the inference statistics."""
   mesh = pipeline.make_data_mesh()
   try:
     host_bs = pipeline.host_batch_size(config.batch_size, mesh)
-    train_split = pipeline.load_split(builder, "train")
-    pipeline.load_split(builder, "validation")
+    for split in ("train", "validation"):
+      pipeline.load_split(builder, split)  # Fails early, naming the split, if one is missing.
   except pipeline.DataError as e:
     raise jobs.JobInputError(str(e)) from None
   num_train = builder.info.splits["train"].num_examples
@@ -115,12 +108,10 @@ def train_and_evaluate(config, workdir: str, builder, *,
                              f"(config.batch_size={config.batch_size})")
   if config.model.pretrained and not os.path.exists(config.model.pretrained):
     raise jobs.JobInputError(f"config.model.pretrained={config.model.pretrained!r} does not exist")
-  preprocess = train_preprocess or make_train_preprocess(config)
-  del train_split
 
   def train_batches(start_step: int):
     ds = pipeline.load_split(builder, "train", seed=config.seed)
-    ds = pipeline.train_dataset(ds, batch_size=host_bs, seed=config.seed, preprocess=preprocess,
+    ds = pipeline.train_dataset(ds, batch_size=host_bs, seed=config.seed, preprocess=train_preprocess,
                                 shuffle_buffer=config.data.shuffle_buffer, start_step=start_step,
                                 cache=config.data.cache)
     return pipeline.global_batches(ds, mesh)
@@ -137,6 +128,10 @@ def train_and_evaluate(config, workdir: str, builder, *,
   result = trainer.fit(task, config, workdir, mesh=mesh, train_batches=train_batches,
                        eval_batches=eval_batches, steps_per_epoch=steps_per_epoch,
                        example_batch=example_batch)
+  if result.preempted:
+    print(f"preempted at step {result.step}; rerun the same command to resume", flush=True)
+    return {"fit": result, "val_metrics": dict(result.val_metrics), "stats": None, "stats_path": None,
+            "steps_per_epoch": steps_per_epoch}
 
   state, ckpt_step = restore_state(task, config, workdir, mesh, example_batch)
   val_metrics = dict(result.val_metrics)

@@ -14,6 +14,14 @@ Loss (the value the trainer minimises, evaluates, schedules on and early-stops o
 with `config.loss.attention_weight = 0` / `embedding_weight = 0` giving the Table 4 ablations
 "Embeddings-Only" / "Attention-Only".
 
+Clamp gradient (`config.loss.attention_gradient`). The paper clamps q^T K to [0, 1] before the Smooth-L1
+('clamp'). A hard clamp has zero gradient outside [0, 1]: when early training pushes q^T K below 0 at
+every pixel (most targets are 0), the attention is dead for good; our first 2-core CPU run did exactly
+that (constant responsibility loss, all-zero attention maps). 'straight_through' (default) keeps the
+clamped VALUE (a pixel with target 0 and q^T K < 0 still costs nothing, so orthogonal/negative keys remain
+free, as the paper intends) but passes the gradient through the clamp, so a pixel whose target is
+positive pulls q^T K up from below 0. The value of the loss is identical in both modes.
+
 Hand-centre head (`config.model.center_head`, paper Sec. 3.2 "Hand Detector", trained "on a frozen backbone
 up to Z"). Choice: masked gradients in one run, not a second phase. The head reads `stop_gradient(Z)`
 (`CohesivNet.freeze_backbone_for_center`), so its MSE (Gaussian of `config.loss.center_sigma` px at each
@@ -23,6 +31,11 @@ gradient, so the reported loss, the plateau schedule and early stopping are exac
 loss. The centre MSE is reported as the metric `center_loss`. Why not a second phase: one run, one
 checkpoint, no second schedule; the head is fitted to the backbone as it converges, and with the frozen
 input the backbone is bit-for-bit what it would be without the head (checked in the tests).
+
+Augmentation: with `config.augment.flip_prob` > 0, training batches are mirrored per example inside the
+jitted step (`flip_batch`), drawn from the step's key (`fold_in(state.rng, step)`), so a resumed run flips
+exactly the same examples. (A stateful tf.random op in the parallel tf.data map would not replay after a
+restart with `start_step`.)
 
 Initialisation: scratch (Flax initialisers), then `config.model.pretrained` ('' = none): a timm/PyTorch
 ImageNet state dict (.pth/.safetensors/.npz) converted by `models.pretrained` into `params/encoder`,
@@ -96,7 +109,9 @@ class CohesivTask:
 
   def loss_fn(self, params: Any, batch_stats: Any, batch: Batch, rng: jax.Array,
               train: bool) -> tuple[jax.Array, tuple[dict[str, jax.Array], Any]]:
-    del rng  # The model has no dropout.
+    if train and self.config.augment.flip_prob > 0:
+      flips = jax.random.bernoulli(rng, self.config.augment.flip_prob, batch["image"].shape[:1])
+      batch = flip_batch(batch, flips)
     variables = {"params": params, "batch_stats": batch_stats}
     images = as_unit_float(batch["image"])
     if train:
@@ -140,9 +155,16 @@ class CohesivTask:
     valid = example_mask(batch)                                      # [B]
     query_valid = batch["query_valid"].astype(bool) & valid[:, None]  # [B, N]
     attention = cohesiv.attention_map(out["q"], out["k"], batch["query_point"].astype(jnp.float32))
+    raw = attention.raw
+    if lc.attention_gradient == "straight_through":
+      # Value clip(raw, 0, 1) (so the loss clamps it again as the identity), gradient as if unclamped.
+      raw = jnp.clip(raw, 0.0, 1.0) + (raw - jax.lax.stop_gradient(raw))
+    elif lc.attention_gradient != "clamp":
+      raise ValueError(f"config.loss.attention_gradient={lc.attention_gradient!r}; expected 'clamp' or "
+                       "'straight_through'")
     keep = valid[:, None, None]
     loss, metrics = cohesiv_losses.cohesiv_total_loss(
-        attention.raw, as_unit_float(batch["responsibility"]), query_valid, out["z"],
+        raw, as_unit_float(batch["responsibility"]), query_valid, out["z"],
         batch["person_mask"].astype(bool) & keep, batch["object_mask"].astype(bool) & keep,
         batch["background_mask"].astype(bool) & keep,
         attention_weight=lc.attention_weight, embedding_weight=lc.embedding_weight, beta=lc.beta,
@@ -217,6 +239,35 @@ class CohesivTask:
         tiles.append(_label(_upscale(viridis(out["center"]), scale), "centre heatmap"))
       rows.append(np.concatenate(tiles, axis=1))
     return np.concatenate(rows, axis=0)
+
+
+def flip_batch(batch: Batch, flip: jax.Array) -> Batch:
+  """Mirrors the examples with `flip` [B] True horizontally (x -> W - 1 - x), all fields together.
+
+  image [B,H,W,3] and the masks [B,H,W] are reversed along W, responsibility [B,N,H,W] along its last axis;
+  query points (x, y) -> (W - 1 - x, y) (pixel centres at integers); boxes [x0, y0, x1, y1] (x1 one past
+  the last column) -> [W - x1, y0, W - x0, y1]. All-zero points / boxes (absent hands) stay zero, as in
+  `input_pipeline.cohesiv_examples.flip_example`. Other fields pass through unchanged.
+  """
+  out = dict(batch)
+  width = batch["image"].shape[2]
+
+  def sel(x, flipped):
+    return jnp.where(flip.reshape((-1,) + (1,) * (x.ndim - 1)), flipped, x)
+
+  out["image"] = sel(batch["image"], batch["image"][:, :, ::-1])
+  for key in ("person_mask", "object_mask", "background_mask"):
+    out[key] = sel(batch[key], batch[key][:, :, ::-1])
+  out["responsibility"] = sel(batch["responsibility"], batch["responsibility"][..., ::-1])
+  qp = batch["query_point"]
+  qp_flipped = jnp.where(jnp.all(qp == 0, axis=-1, keepdims=True), qp,
+                         jnp.concatenate([(width - 1.0) - qp[..., :1], qp[..., 1:]], axis=-1))
+  out["query_point"] = sel(qp, qp_flipped)
+  box = batch["hand_box"]
+  box_flipped = jnp.where(jnp.all(box == 0, axis=-1, keepdims=True), box,
+                          jnp.stack([width - box[..., 2], box[..., 1], width - box[..., 0], box[..., 3]], -1))
+  out["hand_box"] = sel(box, box_flipped)
+  return out
 
 
 def viridis(values: np.ndarray, lo: float = 0.0, hi: float = 1.0) -> np.ndarray:
