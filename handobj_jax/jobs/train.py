@@ -54,7 +54,15 @@ REAL_DATASETS = {
 }
 
 
+CONFIG_FILE = "config.json"
+
+
 def run(config, workdir: str) -> dict[str, Any]:
+  os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() == 0:
+    # The model config travels with the checkpoints: `eval` and `predict` rebuild the network from it.
+    with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
   return train_and_evaluate(config, workdir, open_pseudolabelled(config))
 
 
