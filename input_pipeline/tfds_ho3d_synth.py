@@ -119,11 +119,6 @@ def _static_features(p: int) -> dict:
 class SyntheticHo3d(tfds.core.GeneratorBasedBuilder):
   """Labelled synthetic hand-object frames in HO-3D conventions."""
 
-  # Nothing is downloaded, so there is no checksums file. Setting this skips
-  # TFDS's search for one next to the module source, which needs the optional
-  # `importlib_resources` package that this environment lacks.
-  url_infos = None
-
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Initial release."}
   BUILDER_CONFIGS = [
@@ -177,11 +172,6 @@ class SyntheticHo3d(tfds.core.GeneratorBasedBuilder):
 
 class SyntheticHo3dVideo(tfds.core.GeneratorBasedBuilder):
   """Unlabelled synthetic hand-object clips with per-frame boxes."""
-
-  # Nothing is downloaded, so there is no checksums file. Setting this skips
-  # TFDS's search for one next to the module source, which needs the optional
-  # `importlib_resources` package that this environment lacks.
-  url_infos = None
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Initial release."}

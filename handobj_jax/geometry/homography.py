@@ -282,7 +282,16 @@ def homography_flow_grid(h: Array, height: int, width: int) -> Array:
     [..., H, W, 2] with [..., y, x, :] = proj(h [x, y, 1]) - [x, y]
     (dx, dy), float32, finite.
   """
-  h = jnp.asarray(h, jnp.float32)
+  xs, ys, px, py = projected_pixel_grid(jnp.asarray(h, jnp.float32), height, width)
+  return jnp.stack([px - xs, py - ys], axis=-1)
+
+
+def projected_pixel_grid(h: Array, height: int, width: int) -> Tuple[Array, Array, Array, Array]:
+  """(xs [1, W], ys [H, 1], px, py [..., H, W]): every pixel (x, y) and proj(h [x, y, 1]), as planes.
+
+  Written as elementwise planes rather than a [..., H, W, 3] matmul: XLA fuses them with whatever
+  consumes them (flow grids, Eq. 2 distances) without materialising homogeneous coordinates.
+  """
   xs = jnp.arange(width, dtype=jnp.float32)[None, :]
   ys = jnp.arange(height, dtype=jnp.float32)[:, None]
   e = h[..., None, None, :, :]
@@ -290,7 +299,7 @@ def homography_flow_grid(h: Array, height: int, width: int) -> Array:
   num_y = e[..., 1, 0] * xs + e[..., 1, 1] * ys + e[..., 1, 2]
   den = e[..., 2, 0] * xs + e[..., 2, 1] * ys + e[..., 2, 2]
   px, py = _project(num_x, num_y, den)
-  return jnp.stack([px - xs, py - ys], axis=-1)
+  return xs, ys, px, py
 
 
 def reprojection_error(h: Array, src: Array, dst: Array) -> Array:

@@ -28,10 +28,10 @@ from typing import Dict, List, Optional, Tuple
 import jax
 import jax.numpy as jnp
 
-from handobj_jax.geometry.homography import _project
 from handobj_jax.geometry.homography import _safe_sqrt
 from handobj_jax.geometry.homography import fit_homography
 from handobj_jax.geometry.homography import fit_homography_robust
+from handobj_jax.geometry.homography import projected_pixel_grid
 
 Array = jax.Array
 
@@ -54,14 +54,7 @@ def _plane_distance(ox: Array, oy: Array, h: Array) -> Array:
   Returns:
     [..., H, W] distances in pixels (finite, possibly huge).
   """
-  height, width = ox.shape[-2], ox.shape[-1]
-  xs = jnp.arange(width, dtype=jnp.float32)[None, :]
-  ys = jnp.arange(height, dtype=jnp.float32)[:, None]
-  e = h[..., None, None, :, :]
-  num_x = e[..., 0, 0] * xs + e[..., 0, 1] * ys + e[..., 0, 2]
-  num_y = e[..., 1, 0] * xs + e[..., 1, 1] * ys + e[..., 1, 2]
-  den = e[..., 2, 0] * xs + e[..., 2, 1] * ys + e[..., 2, 2]
-  px, py = _project(num_x, num_y, den)
+  xs, ys, px, py = projected_pixel_grid(h, ox.shape[-2], ox.shape[-1])
   rx = xs + ox - px
   ry = ys + oy - py
   return _safe_sqrt(rx * rx + ry * ry)
