@@ -54,6 +54,7 @@ import numpy as np
 from handobj_jax.losses import cohesiv_losses
 from handobj_jax.models import cohesiv
 from handobj_jax.models import pretrained as pretrained_lib
+from input_pipeline import viz
 
 Batch = dict[str, jax.Array]
 
@@ -216,7 +217,7 @@ class CohesivTask:
     scale = max(1, int(np.ceil(self.config.viz.tile / max(height, width))))
     rgb = np.clip(image * 255.0 + 0.5, 0, 255).astype(np.uint8)
     pca = embedding_pca_rgb(out["z"])
-    masks = overlay(rgb, [ex["person_mask"].astype(bool), ex["object_mask"].astype(bool)],
+    masks = viz.overlay_masks(rgb, [ex["person_mask"].astype(bool), ex["object_mask"].astype(bool)],
                     [PERSON_RGB, OBJECT_RGB])
     target = np.asarray(ex["responsibility"], np.float32)
     if ex["responsibility"].dtype == np.uint8:
@@ -290,14 +291,6 @@ def embedding_pca_rgb(z: np.ndarray) -> np.ndarray:
   lo, hi = np.percentile(comps, 1, axis=0), np.percentile(comps, 99, axis=0)
   comps = np.clip((comps - lo) / np.maximum(hi - lo, 1e-12), 0.0, 1.0)
   return np.round(comps * 255).astype(np.uint8).reshape(h, w, 3)
-
-
-def overlay(image: np.ndarray, masks: list[np.ndarray], colours: list[tuple[int, int, int]],
-            opacity: float = 0.55) -> np.ndarray:
-  out = image.astype(np.float32).copy()
-  for mask, colour in zip(masks, colours):
-    out[mask] = (1 - opacity) * out[mask] + opacity * np.asarray(colour, np.float32)
-  return np.clip(out, 0, 255).astype(np.uint8)
 
 
 def _upscale(img: np.ndarray, scale: int) -> np.ndarray:
