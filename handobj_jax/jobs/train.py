@@ -145,7 +145,7 @@ def train_and_evaluate(config, workdir: str, builder) -> dict[str, Any]:
   val_metrics = dict(result.val_metrics)
   if not val_metrics:  # No epoch ended (e.g. a few-step smoke run): evaluate the last state now.
     last, _ = restore_state(task, config, workdir, mesh, example_batch, best=False)
-    val_metrics = trainer.evaluate(trainer.make_eval_step(task, mesh), last, eval_batches())
+    val_metrics, _ = trainer.evaluate(trainer.make_eval_step(task, mesh), last, eval_batches())
   print(f"final validation losses (step {result.step}, epoch {result.epoch}): " +
         ", ".join(f"{k} {v:.4f}" for k, v in sorted(val_metrics.items())), flush=True)
 

@@ -169,15 +169,18 @@ def _write_pngs(directory: str, step: int, images: dict[str, np.ndarray]) -> Non
     cv2.imwrite(os.path.join(directory, f"{name}_{step:07d}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
 
 
-def evaluate(eval_step, state: TrainState, batches: Iterator[Batch]) -> dict[str, float]:
+def evaluate(eval_step, state: TrainState, batches: Iterator[Batch]) -> tuple[dict[str, float], Batch | None]:
+  """Example-weighted mean of the eval metrics over `batches`, and the first batch (for images)."""
   sums: dict[str, float] = {}
+  first = None
   for batch in batches:
+    first = batch if first is None else first
     for k, v in jax.device_get(eval_step(state, batch)).items():
       sums[k] = sums.get(k, 0.0) + float(v)
   count = sums.pop("_count", 0.0)
   if count == 0:
     raise ValueError("evaluation saw no examples: the validation split is empty")
-  return {k: v / count for k, v in sums.items()}
+  return {k: v / count for k, v in sums.items()}, first
 
 
 def fit(task: Task, config, workdir: str, *, mesh, train_batches: Callable[[int], Iterator[Batch]],
@@ -241,7 +244,7 @@ def fit(task: Task, config, workdir: str, *, mesh, train_batches: Callable[[int]
 
       epoch_end = step % steps_per_epoch == 0
       if epoch_end:
-        val_metrics = evaluate(eval_step, state, eval_batches())
+        val_metrics, first_batch = evaluate(eval_step, state, eval_batches())
         val_loss = val_metrics["loss"]
         action = plateau.update(val_loss)
         if action == "lr_cut":
@@ -254,7 +257,7 @@ def fit(task: Task, config, workdir: str, *, mesh, train_batches: Callable[[int]
         if jax.process_index() == 0:
           # Host copies only (this host's shard of the batch, one replica of the state), so that
           # visualisation never launches a multi-host computation from a single process.
-          first = _local_numpy(next(iter(eval_batches())))
+          first = _local_numpy(first_batch)  # Reused: no second pass over the validation pipeline.
           images = task.visualize(_local_numpy({"params": state.params, "batch_stats": state.batch_stats}),
                                   first)
           if images:
