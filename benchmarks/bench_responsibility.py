@@ -15,11 +15,12 @@ hand regions, the rest is small random background motion plus noise.
 
 Both outputs are compared (max |R_jax - R_numpy|).
 
-Usage: python benchmarks/bench_responsibility.py [--batch 8] [--repeats 10]
+Usage: python benchmarks/bench_responsibility.py [--batch 8] [--repeats 20]
 """
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import cv2
@@ -134,7 +135,7 @@ def time_fn(fn, repeats):
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--batch", type=int, default=8)
-  parser.add_argument("--repeats", type=int, default=10)
+  parser.add_argument("--repeats", type=int, default=20)
   parser.add_argument("--sizes", type=int, nargs="+", default=[128, 256])
   args = parser.parse_args()
 
@@ -157,7 +158,8 @@ def main():
                  float(np.abs(r_jax - r_np).max())))
 
   print(f"devices: {jax.devices()}  batch={args.batch}  hands={NUM_HANDS}  "
-        f"offsets={NUM_OFFSETS}  vertices={NUM_VERTS}")
+        f"offsets={NUM_OFFSETS}  vertices={NUM_VERTS}  "
+        f"load average: {os.getloadavg()[0]:.2f}")
   print("| size | JAX fps (best) | JAX fps (median) | NumPy fps (best) | "
         "NumPy fps (median) | speed-up (best/best) | max abs diff |")
   print("|---|---|---|---|---|---|---|")

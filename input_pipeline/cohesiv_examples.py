@@ -45,8 +45,9 @@ writer, independent of the number of clips.
 Responsibilities are computed on device: one jitted function over [B clips, 4 middle frames], the batch
 sharded over a ('data',) mesh of this host's local accelerators (a single device on CPU; no collectives:
 hosts never wait on each other while labelling). Clips keep fixed slots in their batch (a failed clip's
-slot is zero-filled) and each clip is labelled by a vmapped single-clip function, so a clip's labels depend
-only on the clip and the settings (not on its batch, the batch size or the device count).
+slot is zero-filled) and every computation is per clip (the robust fit draws the same RANSAC samples for
+every fit), so a clip's labels depend only on the clip and the settings (not on its batch, the batch size
+or the device count).
 
 Multi-host: shards are numbered globally over splits; host h writes the shards with number % P == h (P =
 process count) under their global names, so shard files never collide and a restart with a different
@@ -389,21 +390,20 @@ def _label_fn(pseudo: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Cal
 @functools.lru_cache(maxsize=8)
 def _cached_label_fn(temperature: float, robust: bool, robust_threshold: float, object_threshold: float,
                      mesh: jax.sharding.Mesh) -> Callable[..., dict[str, jax.Array]]:
-  """jit(shard_map(vmap(one clip))) over the batch axis.
+  """jit(shard_map(label_batch)) over the batch axis.
 
   shard_map keeps every device on its own clips (the SPMD partitioner would otherwise insert an all-gather,
-  and collectives between host devices can deadlock). vmap over single clips makes a clip's labels
-  independent of its batch slot, of the batch size and of the device count: the robust fit's fixed RANSAC
-  key then draws the same samples for every clip.
+  and collectives between host devices can deadlock). A clip's labels are independent of its batch slot, of
+  the batch size and of the device count: every computation is per clip, and the robust fit draws the same
+  RANSAC samples for every fit. The batch is not vmapped over single clips: clip_responsibility is batched
+  already, and under vmap its fused per-pixel path degrades (see its docstring).
   """
-  def one_clip(flow, flow_valid, vertices, hand_valid, person):
-    out = label_batch(flow[None], flow_valid[None], vertices[None], hand_valid[None], person[None],
-                      temperature=temperature, robust=robust, robust_threshold=robust_threshold,
-                      object_threshold=object_threshold)
-    return {k: v[0] for k, v in out.items()}
+  def labels(flow, flow_valid, vertices, hand_valid, person):
+    return label_batch(flow, flow_valid, vertices, hand_valid, person, temperature=temperature, robust=robust,
+                       robust_threshold=robust_threshold, object_threshold=object_threshold)
 
   spec = jax.sharding.PartitionSpec("data")
-  fn = jax.shard_map(jax.vmap(one_clip), mesh=mesh, in_specs=spec, out_specs=spec)
+  fn = jax.shard_map(labels, mesh=mesh, in_specs=spec, out_specs=spec)
   return jax.jit(lambda flow, flow_valid, vertices, hand_valid, person: fn(flow, flow_valid, vertices,
                                                                           hand_valid, person))
 
