@@ -130,6 +130,7 @@ def features(height: int, width: int, max_hands: int) -> tfds.features.FeaturesD
 class ClipSource(Protocol):
   """Random access to the clips of a video dataset, by split and index range."""
   name: str  # Directory name of the pseudo-labelled dataset, e.g. 'synthetic_handobj_small'.
+  version: str  # Version of the source data; labels of an older version are refused, not reused.
   height: int
   width: int
   max_hands: int
@@ -157,6 +158,7 @@ class TfdsClipSource:
   def __init__(self, builder: tfds.core.DatasetBuilder, name: str, num_clips: Mapping[str, int]):
     self.builder = builder
     self.name = name
+    self.version = str(builder.info.version)
     feats = builder.info.features
     missing = [f for f in REQUIRED_FIELDS if f not in feats]
     if missing:
@@ -208,6 +210,7 @@ class GeneratorClipSource:
     self._seed = tfds_synthetic.clip_seed
     self.world = self._cfg.world_config()
     self.name = f"synthetic_world_{builder_config}"  # = source_name() of a 'generator' config.
+    self.version = str(tfds_synthetic.SyntheticHandobj.VERSION)  # The world the builder would write.
     self.height, self.width, self.max_hands = self.world.height, self.world.width, self.world.max_hands
     default = {"train": self._cfg.num_train, "validation": self._cfg.num_validation, "test": self._cfg.num_test}
     self._counts = {s: _limit(num_clips[s], default[s], s, allow_more=True) for s in SPLITS}
@@ -465,6 +468,7 @@ def _build_settings(config: ml_collections.ConfigDict, source: ClipSource) -> di
   p = config.pseudo
   return {
       "source": source.name,
+      "source_version": source.version,
       "num_clips": {s: source.num_clips(s) for s in SPLITS},
       "shard_clips": int(p.shard_clips),
       "temperature": float(p.temperature),

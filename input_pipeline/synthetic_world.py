@@ -77,7 +77,11 @@ class WorldConfig:
   flow_outlier_frac: float = 0.0  # Fraction of pixels whose noisy flow is replaced by an outlier.
   vertex_noise_sigma: float = 0.0  # Px noise (per component) on vertices/keypoints as an estimator makes.
   lighting_change: float = 0.0  # Max relative brightness change over the clip.
-  motion_scale: float = 1.0  # Scales per-frame hand motion magnitude.
+  # Scales per-frame motion (hands, held objects, moving distractors). At 2.5 (since dataset version 1.1.0)
+  # hands translate 2.5-6.25 px per frame at 128 x 128 (2-5% of the width; for a view ~0.6 m wide at 30 fps,
+  # 0.35-0.9 m/s), the moving hands COHESIV selects its clips for; 1.0 was the slower 1.0.0 world, in which
+  # Eq. 1 with t = 2 px could not separate hands from background (see scripts/responsibility_quality.py).
+  motion_scale: float = 2.5
 
   def __post_init__(self):
     def fail(field, msg):

@@ -1,6 +1,7 @@
 r"""How good are the responsibility pseudo-labels on the synthetic world? (COHESIV Sec. 3.1)
 
   python scripts/responsibility_quality.py [--config small] [--split validation] [--clips 32]
+                                           [--temperature 2] [--motion_scale 2.5]
 
 For each clip of a `synthetic_handobj` builder config's split (regenerated from its seeds), the labels of
 the 4 middle frames are computed exactly as the `pseudolabel` job does (`cohesiv_examples.label_batch`,
@@ -17,6 +18,7 @@ estimator-like noisy flow (`flow`). Printed, as means over pixels pooled over th
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 import jax
 import numpy as np
@@ -34,9 +36,13 @@ def main():
   parser.add_argument("--split", default="validation")
   parser.add_argument("--clips", type=int, default=-1, help="-1: the split's size")
   parser.add_argument("--temperature", type=float, default=2.0)
+  parser.add_argument("--motion_scale", type=float, default=None,
+                      help="override the world's WorldConfig.motion_scale (clips are regenerated)")
   args = parser.parse_args()
   cfg = {c.name: c for c in tfds_synthetic.BUILDER_CONFIGS}[args.config]
   world = cfg.world_config()
+  if args.motion_scale is not None:
+    world = dataclasses.replace(world, motion_scale=args.motion_scale)
   count = {"train": cfg.num_train, "validation": cfg.num_validation, "test": cfg.num_test}[args.split]
   count = count if args.clips < 0 else args.clips
   fn = jax.jit(lambda *a: ce.label_batch(*a, temperature=args.temperature, robust=True, robust_threshold=3.0,
@@ -64,7 +70,7 @@ def main():
         acc[kind]["obj"].append(r[:, n][sel])
         acc[kind]["obj_motion"].append(motion[sel])
   print(f"synthetic_handobj/{args.config} {args.split}: {count} clips ({cam} with camera motion), "
-        f"{world.height}x{world.width}, t = {args.temperature}, robust fits")
+        f"{world.height}x{world.width}, t = {args.temperature}, motion_scale = {world.motion_scale}, robust fits")
   print("| flow | R(holding hand) on moving visible object px | R(background) on static background px | "
         "object px | background px |")
   print("|---|---|---|---|---|")
