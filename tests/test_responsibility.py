@@ -322,3 +322,27 @@ def test_responsibility_quality_on_the_synthetic_world():
   assert obj.size > 1000 and bg.size > 10000
   assert obj.mean() >= 0.9, obj.mean()
   assert bg.mean() >= 0.9, bg.mean()
+
+
+def test_two_hand_shortcut_matches_the_general_softmax():
+  """The clip pass's two-hand form (two exponentials) equals the general N-hand form, including invalid
+  hands, ties, and flows hundreds of pixels from every model (exponents past the overflow caps)."""
+  rng = np.random.default_rng(3)
+  shape = (4, 3, 17, 19)
+  ox = rng.normal(0, 3, shape).astype(np.float32)
+  oy = rng.normal(0, 3, shape).astype(np.float32)
+  ox[0, 0, :5] = 900.0  # Far from the background and (below) from both hands.
+  h = np.tile(np.eye(3, dtype=np.float32), shape[:2] + (2, 1, 1))
+  h[..., 0, 0, 2] = rng.normal(0, 4, shape[:2])
+  h[..., 1, 1, 2] = rng.normal(0, 4, shape[:2])
+  h[1, :, 1] = h[1, :, 0]  # Identical hands: a tie everywhere.
+  h[2, 0, 0, 0, 2] = -500.0  # One hand 500 px away from everything.
+  valid = np.array([[True, True], [True, False], [False, True], [False, False]])
+  valid = np.broadcast_to(valid[:, None], shape[:2] + (2,))
+  got = rs._two_hand_shares(ox, oy, h, valid, 0.5)
+  want = rs._offset_shares(ox, oy, h, valid, 0.5)
+  for g, w in zip(got, want):
+    assert np.all(np.isfinite(g))
+    np.testing.assert_allclose(g, w, atol=1e-6, rtol=0)
+  np.testing.assert_array_equal(got[0][3], 0.0)
+  np.testing.assert_array_equal(got[1][1], 0.0)

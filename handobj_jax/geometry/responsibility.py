@@ -61,7 +61,7 @@ def _plane_distance(ox: Array, oy: Array, h: Array) -> Array:
 
 
 def _offset_shares(ox: Array, oy: Array, homographies: Array,
-                   hand_valid: Array, inv_t: Array) -> List[Array]:
+                   hand_valid: Array, inv_t: float) -> List[Array]:
   """Eq. 1 hand channels for one offset, as N planes [..., H, W].
 
   R_n = e_n / (e_bg + sum_j e_j) with e_x = exp((m - d_x) / t), where m is
@@ -81,6 +81,33 @@ def _offset_shares(ox: Array, oy: Array, homographies: Array,
         for n in range(n_hands)]
   inv = 1.0 / (jnp.exp((m - d_bg) * inv_t) + sum(es))
   return [e * inv for e in es]
+
+
+def _two_hand_shares(ox: Array, oy: Array, homographies: Array,
+                     hand_valid: Array, inv_t: float) -> List[Array]:
+  """_offset_shares for exactly two hands with two exponentials, not three.
+
+  With m the nearer hand's distance, the nearer hand's share is
+  1 / (1 + e_far + e_bg), e_far = exp((m - d_far) / t) <= 1 and e_bg =
+  exp((m - d_bg) / t), and the farther hand's share is e_far times it.
+  e_bg's exponent is capped at 80: a background that much nearer leaves the
+  hands < 2e-35 either way. An invalid hand's distance is 3e38 (its
+  exponential underflows to 0); with no valid hand both shares are 0.
+  """
+  d_bg = _safe_sqrt(ox * ox + oy * oy)
+  valid = [hand_valid[..., n][..., None, None] for n in range(2)]
+  far_away = jnp.float32(3e38)
+  d0, d1 = [jnp.where(valid[n], _plane_distance(ox, oy, homographies[..., n, :, :]), far_away)
+            for n in range(2)]
+  near = jnp.minimum(d0, d1)
+  e_far = jnp.exp((near - jnp.maximum(d0, d1)) * inv_t)
+  e_bg = jnp.exp(jnp.minimum((near - d_bg) * inv_t, 80.0))
+  r_near = 1.0 / (1.0 + e_far + e_bg)
+  r_far = e_far * r_near
+  first_nearer = d0 <= d1
+  some = valid[0] | valid[1]
+  return [jnp.where(some, jnp.where(first_nearer, r_near, r_far), 0.0),
+          jnp.where(some, jnp.where(first_nearer, r_far, r_near), 0.0)]
 
 
 def _averaged_hand_planes(flow: Array, homographies: Array, ok: Array,
@@ -104,7 +131,7 @@ def _averaged_hand_planes(flow: Array, homographies: Array, ok: Array,
   inside it. The packed planes are the result of a lax.cond (skipping the
   work when no offset is valid), whose boundary also keeps the algebraic
   simplifier from splitting real and imaginary parts back into separate
-  loops; an optimization_barrier does not hold for complex values. All
+  loops (an optimization_barrier is dropped by XLA's CPU pipeline). All
   slicing happens inside the branch, so no per-offset flow plane is
   materialised.
   """
@@ -112,10 +139,12 @@ def _averaged_hand_planes(flow: Array, homographies: Array, ok: Array,
   num_k, n_hands = homographies.shape[-4], homographies.shape[-3]
   firsts = range(0, n_hands, 2)
 
+  share_fn = _two_hand_shares if n_hands == 2 else _offset_shares
+
   def packed(flow, homographies, ok, weights):
-    shares = [_offset_shares(flow[..., k, :, :, 0], flow[..., k, :, :, 1],
-                             homographies[..., k, :, :, :], ok[..., k, :],
-                             inv_t) for k in range(num_k)]
+    shares = [share_fn(flow[..., k, :, :, 0], flow[..., k, :, :, 1],
+                       homographies[..., k, :, :, :], ok[..., k, :], inv_t)
+              for k in range(num_k)]
     outs = []
     for first in firsts:
       acc = None
