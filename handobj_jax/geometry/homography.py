@@ -292,13 +292,7 @@ def _normal_solve(m: Array, x: Array, y: Array, u: Array, v: Array,
   ascending) and eigenvalues [..., 9] of the normal matrix m, the two
   smallest recomputed as Rayleigh quotients through per-point residuals of
   the normalised points (x, y) -> (u, v) with weights w."""
-  # M is symmetric positive semi-definite, so its SVD is its
-  # eigen-decomposition. An SVD rather than eigh: on CPU, LAPACK's syevd
-  # inside the pseudo-labelling job (running next to tf.data) hung, gesdd
-  # does not.
-  _, sing, vt = jnp.linalg.svd(m, full_matrices=True)
-  lam = sing[..., ::-1]                      # ascending
-  q = jnp.swapaxes(vt, -1, -2)[..., ::-1]    # columns, ascending
+  lam, q = jnp.linalg.eigh(m)  # ascending; q's columns are eigenvectors
   lam_max = lam[..., -1:]
   h = q[..., :, 0]
   not_null = jnp.arange(9) > 0
@@ -535,6 +529,20 @@ def reprojection_error(h: Array, src: Array, dst: Array) -> Array:
   return _safe_sqrt(jnp.sum(jnp.square(diff), axis=-1))
 
 
+def _after(x: Array, dep: Array) -> Array:
+  """x, made data-dependent on dep (adds an exact 0 derived from dep).
+
+  Orders linear-algebra custom calls: jaxlib 0.10's CPU LAPACK kernels split
+  their batch over XLA's intra-op thread pool and block until it is done, so
+  as many independent LAPACK calls as the pool has threads, run side by side
+  by the thunk executor, deadlock (seen with 2 threads in the pseudolabel
+  job; jaxlib 0.11 compiles that parallel path out). Independent fits in one
+  program are therefore chained.
+  """
+  probe = jnp.sum(dep)
+  return x + 0.0 * jnp.where(jnp.isfinite(probe), probe, 0.0)
+
+
 def fit_homography_robust(
     src: Array,
     dst: Array,
@@ -588,6 +596,8 @@ def fit_homography_robust(
   sg_dst = jax.lax.stop_gradient(dst0)
   num_p = src.shape[-2]
   h_all, ok_all = fit_homography(sg_src, sg_dst, valid=usable)
+  # The minimal fits run after the full fit, not beside it: see _after.
+  sg_src_min = _after(sg_src, h_all)
   # Minimal samples: top-4 of Gumbel noise restricted to usable points. The
   # same noise for every fit of the batch, so a fit's result does not depend
   # on its position in the batch or on the batch size.
@@ -598,7 +608,7 @@ def fit_homography_robust(
   pick_ok = jnp.isfinite(top_val)
   take = lambda p: jnp.take_along_axis(  # noqa: E731
       p[..., None, :, :], idx[..., None], axis=-2)
-  h_min, ok_min = fit_homography(take(sg_src), take(sg_dst), valid=pick_ok)
+  h_min, ok_min = fit_homography(take(sg_src_min), take(sg_dst), valid=pick_ok)
   hyps = jnp.concatenate([h_all[..., None, :, :], h_min], axis=-3)
   hyp_ok = jnp.concatenate([ok_all[..., None], ok_min], axis=-1)
 
