@@ -8,12 +8,10 @@ areas), brute-force NumPy loops, or OpenCV; never from the code under test.
 
 import json
 import os
-import types
 
 import cv2
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from configs import cohesiv as cohesiv_configs
 from handobj_jax import jobs
@@ -25,6 +23,7 @@ from handobj_jax.tasks import cohesiv_task
 from handobj_jax.train import checkpoint as ckpt_lib
 from handobj_jax.train import trainer
 from input_pipeline import pipeline
+from memory_builder import MemoryBuilder
 
 
 def _record(attention, objectness, person, gt_hand, gt_object, valid=None, **kw):
@@ -319,20 +318,6 @@ def tiny_examples(num: int, seed: int) -> dict[str, np.ndarray]:
     d["clip_id"].append(np.int64(i))
     d["frame"].append(np.int32(3))
   return {k: np.stack(v) for k, v in d.items()}
-
-
-class MemoryBuilder:
-  """The part of a tfds DatasetBuilder the pipeline uses, over in-memory splits."""
-
-  def __init__(self, splits):
-    self._splits = splits
-    self.info = types.SimpleNamespace(
-        full_name="memory_cohesiv/1.0.0",
-        splits={k: types.SimpleNamespace(num_examples=len(v["image"])) for k, v in splits.items()})
-
-  def as_dataset(self, split, shuffle_files=False, read_config=None):
-    del shuffle_files, read_config
-    return tf.data.Dataset.from_tensor_slices(self._splits[split])
 
 
 def smoke_config():

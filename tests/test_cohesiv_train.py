@@ -9,7 +9,6 @@ one when `input_pipeline.cohesiv_examples` is present.
 
 import importlib.util
 import os
-import types
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +25,7 @@ from handobj_jax.tasks import cohesiv_task
 from handobj_jax.train import trainer
 from input_pipeline import pipeline
 from input_pipeline import synthetic_world
+from memory_builder import MemoryBuilder
 
 SIZE = 64
 
@@ -64,21 +64,6 @@ def _data():
   if "data" not in _CACHE:
     _CACHE["data"] = {"train": _examples(4, 0), "validation": _examples(1, 1000)}
   return _CACHE["data"]
-
-
-class _MemoryBuilder:
-  """The part of a `tfds.core.DatasetBuilder` the pipeline uses, over in-memory splits."""
-
-  def __init__(self, splits):
-    self._splits = splits
-    self.info = types.SimpleNamespace(
-        full_name="memory_cohesiv/1.0.0",
-        splits={k: types.SimpleNamespace(num_examples=len(v["image"])) for k, v in splits.items()})
-    self.data_dir = "<memory>"
-
-  def as_dataset(self, split, shuffle_files=False, read_config=None):
-    del shuffle_files, read_config
-    return tf.data.Dataset.from_tensor_slices(self._splits[split])
 
 
 def _smoke_config(**overrides):
@@ -263,7 +248,7 @@ def test_pca_rgb_follows_the_dominant_direction_and_is_finite_when_constant():
 
 
 def _run_job(config, workdir):
-  return train_job.train_and_evaluate(config, str(workdir), _MemoryBuilder(_data()))
+  return train_job.train_and_evaluate(config, str(workdir), MemoryBuilder(_data()))
 
 
 @pytest.mark.slow
