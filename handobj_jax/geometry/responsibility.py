@@ -376,10 +376,9 @@ def clip_responsibility(
   # elementwise planes, no [..., K, H, W, N+1] intermediate.
   planes = _averaged_hand_planes(flow, h, ok, wk, temperature,
                                  jnp.any(n_valid > 0))
-  r = _with_background(planes)
-  none = (n_valid[..., 0] == 0)[..., None, None, None]
-  bg_only = jnp.zeros_like(r).at[..., 0].set(1.0)
-  return jnp.where(none, bg_only, r), ok
+  # With no valid offset every weight is 0, the hand planes are 0 and R is
+  # all background: no special case needed.
+  return _with_background(planes), ok
 
 
 def pseudo_labels(
