@@ -51,16 +51,7 @@ def _base() -> ml_collections.ConfigDict:
 
   # Pseudo-labelling settings: the same block as configs/pseudolabel.py (ensure_pseudolabelled refuses
   # to reuse labels made with different settings).
-  config.pseudo = ml_collections.ConfigDict()
-  config.pseudo.source = "tfds"
-  config.pseudo.temperature = 2.0  # Eq. 1.
-  config.pseudo.robust = True      # RANSAC + IRLS homography fits.
-  config.pseudo.robust_threshold = 3.0
-  config.pseudo.object_threshold = 0.5
-  config.pseudo.shard_clips = 16
-  config.pseudo.batch_clips = 8
-  config.pseudo.num_clips = ml_collections.ConfigDict({"train": -1, "validation": -1, "test": -1})
-  config.pseudo.debug_sleep_after_shard_s = 0.0
+  config.pseudo = config_lib.pseudo_labelling()
 
   config.augment = ml_collections.ConfigDict()
   config.augment.flip_prob = 0.5   # Horizontal flip of image, masks, R, points and boxes, in the step.
@@ -100,22 +91,7 @@ def _base() -> ml_collections.ConfigDict:
   config.viz.num_examples = 2
   config.viz.tile = 256
   # Evaluation (`--config.job=eval`, same workdir): thresholds fitted on `fit_split`, frozen for `test_split`.
-  config.eval = ml_collections.ConfigDict()
-  config.eval.fit_split = "validation"
-  config.eval.test_split = "test"
-  config.eval.fit_task = "pair"
-  config.eval.fit_statistic = "pooled"
-  config.eval.max_images = 0           # 0: the whole split.
-  config.eval.batch_size = 10
-  config.eval.num_figures = 8
-  config.eval.saliency_width = 64
-  config.eval.center_threshold = 0.1   # Predicted-query peaks (the :cpu head peaks at ~0.2).
-  config.eval.nms_radius = 0           # 0: max(2, min(H, W) // 16) pixels.
-  config.eval.max_peaks = 4
-  config.eval.match_distance = 0.0     # 0: 2 x the NMS radius.
-  config.eval.detections_file = ""     # Supervised-box baseline from a detector's JSON output.
-  config.eval.extra_checkpoints = ""   # More workdirs evaluated as rows (e.g. the :resnet ablation).
-  config.eval.refit = False            # Refit thresholds even if thresholds.json matches.
+  config.eval = config_lib.cohesiv_eval(config.batch_size)
   config.inference_stats = ml_collections.ConfigDict()
   config.inference_stats.min_pixels = 500
   config.inference_stats.min_images = 32
@@ -143,8 +119,7 @@ def _smoke(config: ml_collections.ConfigDict) -> None:
   config.data = config_lib.synthetic_video_data("tiny")
   config.data.cache = True
   config.data.shuffle_buffer = 16
-  config.pseudo.shard_clips = 2   # As configs/pseudolabel.py:tiny (shares its labels).
-  config.pseudo.batch_clips = 2
+  config.pseudo = config_lib.pseudo_labelling("tiny")  # As configs/pseudolabel.py:tiny (shares its labels).
   config.batch_size = 2
   config.num_steps = 2
   config.log_every_steps = 1

@@ -33,19 +33,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.seed = 0
   config.data = config_lib.synthetic_video_data(_SIZES[size])
 
-  config.pseudo = ml_collections.ConfigDict()
-  config.pseudo.source = "tfds"        # 'tfds' (config.data via input_pipeline.datasets) or 'generator'.
-  config.pseudo.temperature = 2.0      # Eq. 1 temperature t (paper: 2).
-  config.pseudo.robust = True          # RANSAC + IRLS homography fits (False: plain DLT as in the paper).
-  config.pseudo.robust_threshold = 3.0  # Inlier threshold of the robust fit, pixels.
-  config.pseudo.object_threshold = 0.5  # object = sum_k R_k > this, minus person.
-  config.pseudo.shard_clips = 16       # Clips per output shard (the unit of resumption).
-  config.pseudo.batch_clips = 8        # Clips per device batch (x 4 middle frames); rounded up to the devices.
-  config.pseudo.num_clips = ml_collections.ConfigDict({"train": -1, "validation": -1, "test": -1})  # -1: all.
-  config.pseudo.debug_sleep_after_shard_s = 0.0  # Tests: pause after each shard so they can kill the job.
-  if size == "tiny":
-    config.pseudo.shard_clips = 2
-    config.pseudo.batch_clips = 2
+  config.pseudo = config_lib.pseudo_labelling(size)
 
   config.baseline = ml_collections.ConfigDict()
   config.baseline.num_thresholds = 101  # Grid of thresholds linspace(0, 1, n) searched on validation.

@@ -4,20 +4,42 @@ r"""Command-line entry point.
       [--config.key=value ...]
 
 The config's `job` field names what runs (see `handobj_jax.jobs.JOBS`). This module only parses flags,
-initialises multi-host JAX when asked to, logs the devices and dispatches. Bad command lines (unknown
-job, unknown config key, missing config file, unwritable workdir) end with a one-line message and exit
-status 2, not a traceback.
+validates the config (`config_lib.validate`, before any work), initialises multi-host JAX when asked to,
+routes library logs to `<workdir>/log.txt` (`--verbosity=0` echoes them to stderr too) and dispatches.
+
+Exit status: 0 done; 2 a bad command line, config value or input (one `error: ...` line, no traceback,
+nothing already written is lost); 1 a run that cannot continue (e.g. a NaN loss; one line); 143 / 130 when
+SIGTERM / Ctrl-C stopped the job at a safe point (rerun the same command to resume).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
 
-from absl import app
-from absl import flags
-from absl import logging
-from ml_collections import config_flags
+
+def _early_interrupt(signum, frame):  # pylint: disable=unused-argument
+  # Ctrl-C while the libraries load: nothing has been written yet; leave quietly.
+  sys.stderr.write("\ninterrupted\n")
+  os._exit(128 + signum)  # pylint: disable=protected-access
+
+
+if __name__ == "__main__":
+  signal.signal(signal.SIGINT, _early_interrupt)
+  if not any(a.startswith(("--verbosity", "-v")) for a in sys.argv[1:]):
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF/XLA C++ logs below ERROR stay off the terminal.
+
+from absl import app  # pylint: disable=g-import-not-at-top,wrong-import-position
+from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
+from absl import logging  # pylint: disable=g-import-not-at-top,wrong-import-position
+from ml_collections import config_flags  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from handobj_jax import config_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+from handobj_jax import console  # pylint: disable=g-import-not-at-top,wrong-import-position
+from handobj_jax import errors  # pylint: disable=g-import-not-at-top,wrong-import-position
+from handobj_jax import preemption  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to a config file, optionally with ':variant'.", lock_config=True)
@@ -41,7 +63,10 @@ def _parse_flags(argv: list[str]) -> list[str]:
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
-    _fail(str(e).splitlines()[0] if str(e) else repr(e))
+    first = str(e).splitlines()[0] if str(e) else repr(e)
+    if first.rstrip().endswith("Error whilst parsing config file:"):
+      first = first.rstrip() + " " + _exception_line(e)  # The config file's own message, not a cut one.
+    _fail(first)
   except AttributeError as e:
     # ml_collections raises AttributeError('key') for an override of a key the config lacks.
     key = str(e).strip("'\"")
@@ -55,6 +80,14 @@ def _config_load_message(text: str) -> str:
   lines = [l.strip() for l in text.splitlines() if l.strip()]
   reason = next((l for l in reversed(lines) if l.startswith("[Errno")), lines[-1] if lines else text)
   return f"cannot load config file {flags.FLAGS['config'].config_filename!r}: {reason}"
+
+
+def _exception_line(e: BaseException) -> str:
+  """The innermost message of an exception chain (ml_collections wraps a config file's own error)."""
+  while e.__cause__ is not None or (e.__context__ is not None and not e.__suppress_context__):
+    e = e.__cause__ or e.__context__
+  text = str(e).strip().splitlines()
+  return f"{type(e).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
 def _cluster_detected() -> bool:
@@ -88,6 +121,15 @@ def _check_workdir(workdir: str | None) -> str:
   return workdir
 
 
+def _check_devices(config) -> None:
+  """Batch sizes that cannot be split over the devices are config errors too (checked before any work)."""
+  import jax  # pylint: disable=g-import-not-at-top
+
+  if "batch_size" in config and config.batch_size % jax.device_count():
+    raise config_lib.ConfigError(f"config.batch_size={config.batch_size}: expected a multiple of the "
+                                 f"{jax.device_count()} devices of this run")
+
+
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     _fail(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -105,25 +147,51 @@ def main(argv: list[str]) -> None:
   if config is None:
     _fail("--config is required, e.g. --config=configs/cohesiv.py")
   try:
-    job_fn = jobs.get_job(job_name)
+    config_lib.validate(config)
+    jobs.check_name(job_name)
     workdir = _check_workdir(_WORKDIR.value)
-  except (UsageError, jobs.UnknownJobError) as e:
+  except (UsageError, jobs.UnknownJobError, config_lib.ConfigError) as e:
     _fail(str(e))
 
   _maybe_initialize_distributed(_DISTRIBUTED.value)
   import jax  # pylint: disable=g-import-not-at-top
 
+  try:
+    _check_devices(config)
+  except config_lib.ConfigError as e:
+    _fail(str(e))
+  verbosity = flags.FLAGS["verbosity"]
+  log_path = console.setup_logging(workdir, echo=verbosity.present, verbosity=verbosity.value)
+  with contextlib.nullcontext() if verbosity.present else console.native_stderr_to_log():
+    job_fn = jobs.get_job(job_name)  # Imports TensorFlow and the job's libraries.
   logging.info("process %d / %d; local devices: %s; global device count: %d",
                jax.process_index(), jax.process_count(), jax.local_devices(), jax.device_count())
   logging.info("job %r, workdir %s", config.job, workdir)
   logging.info("config:\n%s", config)
-  try:
-    job_fn(config, workdir)
-  except jobs.JobInputError as e:
-    _fail(str(e))
+  console.say(f"{config.job}: workdir {workdir} (library logs: {log_path})")
+  with preemption.stop_on_signals():
+    try:
+      job_fn(config, workdir)
+    except errors.InputError as e:
+      logging.exception("bad input")
+      _fail(str(e))
+    except errors.RunFailed as e:
+      logging.exception("job failed")
+      sys.stderr.write(f"error: {e}\n")
+      sys.exit(1)
+    except preemption.StopRequested as e:
+      logging.warning("%s", e)
+      sys.stderr.write(f"{e}\n")
+      sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+      logging.warning("aborted by a second Ctrl-C")
+      sys.stderr.write("\naborted (Ctrl-C twice); checkpoints and finished shards already written are "
+                       "intact: rerun the same command to resume\n")
+      sys.exit(130)
 
 
 def run() -> None:
+  console.buffer_early_logs()
   app.run(main, flags_parser=_parse_flags)
 
 

@@ -35,6 +35,9 @@ from typing import Any, Sequence
 import cv2
 import numpy as np
 
+from handobj_jax import console
+from handobj_jax import errors
+
 DEFAULT_THRESHOLDS = {"tau1": 0.4, "tau2": 0.25, "tau3": 0.4, "tau4": 0.25}
 
 
@@ -136,8 +139,7 @@ class Predictor:
       except (ValueError, KeyError) as e:
         raise PredictError(f"{th_path}: no usable COHESIV thresholds ({e})") from None
     else:
-      print(f"warning: {th_path} not found (run the eval job to fit thresholds); using "
-            f"{DEFAULT_THRESHOLDS}", file=sys.stderr)
+      console.warn(f"{th_path} not found (run the eval job to fit thresholds); using {DEFAULT_THRESHOLDS}")
     data = self.config.data
     default_side = {"tiny": 64, "small": 128}.get(str(data.builder_config), 256)
     self.max_side = int(max_side) or default_side
@@ -269,6 +271,11 @@ def run_video(predictor: Predictor, path: str, every: int, queries_text: Sequenc
     video_path = os.path.join(out_dir, f"{stem}_annotated.avi")
     writer = cv2.VideoWriter(video_path, cv2.VideoWriter_fourcc(*"MJPG"), max(fps / every, 1.0), (w, h))
   paths, t, done = [], 0, 0
+  total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+  total = -(-total // every) if total > 0 else None
+  if total and max_frames:
+    total = min(total, max_frames)
+  meter = console.Progress(total, "video", unit="frame")
   try:
     while ok:
       if t % every == 0:
@@ -280,6 +287,7 @@ def run_video(predictor: Predictor, path: str, every: int, queries_text: Sequenc
         cv2.imwrite(p, cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
         paths.append(p)
         done += 1
+        meter.update(done)
         if max_frames and done >= max_frames:
           break
       ok, bgr = cap.read()
@@ -287,6 +295,7 @@ def run_video(predictor: Predictor, path: str, every: int, queries_text: Sequenc
   finally:
     cap.release()
     writer.release()
+    meter.close()
   return [video_path] + paths
 
 
@@ -315,6 +324,11 @@ def main(argv: Sequence[str] | None = None) -> int:
   try:
     if args.every < 1:
       raise PredictError(f"--every {args.every}: must be >= 1")
+    if args.max_side != 0 and not 32 <= args.max_side <= 4096:
+      raise PredictError(f"--max-side {args.max_side}: must be 0 (the training resolution) or a size in "
+                         "pixels between 32 and 4096")
+    if args.max_frames < 0:
+      raise PredictError(f"--max-frames {args.max_frames}: must be >= 0 (0 = every frame)")
     src = args.image or args.video
     stem = os.path.splitext(os.path.basename(src))[0]
     out_dir = args.out or os.path.join(os.path.dirname(os.path.abspath(src)), f"{stem}_cohesiv")
@@ -334,12 +348,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
       paths = run_video(predictor, args.video, args.every, args.query, out_dir, stem, args.max_frames)
     print("wrote:\n  " + "\n  ".join(paths))
-  except PredictError as e:
-    sys.stderr.write(f"error: {e}\n")
+  except (PredictError, errors.InputError, OSError) as e:
+    sys.stderr.write(f"error: {str(e).splitlines()[0]}\n")
     return 2
-  except OSError as e:
-    sys.stderr.write(f"error: {e}\n")
-    return 2
+  except KeyboardInterrupt:
+    sys.stderr.write("\ninterrupted: the files already written are complete\n")
+    return 130
   return 0
 
 

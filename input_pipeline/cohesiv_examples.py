@@ -9,7 +9,7 @@ row) with pixel centres at integer coordinates; flow[..., 0] = dx, flow[..., 1] 
 FEATURES (`features(height, width, max_hands)`):
   image            [H,W,3] uint8   the middle frame
   responsibility   [N,H,W] uint8   per-hand responsibility x 255 (rounded), the +-3-averaged R_k
-  query_point      [N,2] float32   mean of the hand's (finite) vertices at this frame; 0 for absent hands
+  query_point      [N,2] float32   mean of the hand's (finite) vertices at this frame (where query_valid)
   query_valid      [N] bool        hand exists, has a finite vertex and its homography fit was ok for >= 1 offset
   hand_box         [N,4] float32   [x0,y0,x1,y1]; the source's `hand_box` if it has one, else the vertex extent
   person_mask      [H,W] bool      person pseudo-label (the source's person segmentation)
@@ -91,8 +91,8 @@ SPLITS = ("train", "validation", "test")
 MIDDLE_FRAMES = synthetic_world.MIDDLE_FRAMES
 OFFSETS = synthetic_world.OFFSETS
 _NEXT = OFFSETS.index(1)  # Offset +1: the Flow baseline's flow.
-_PROGRESS_DIR = "_progress"
-_BUILD_CONFIG = "build_config.json"
+PROGRESS_DIR = "_progress"  # Finished-shard markers of an unfinished build.
+BUILD_CONFIG_FILE = "build_config.json"
 REPORT_FILE = "pseudolabel_report.json"
 # Fields every source clip must have; optional ones are listed in the module docstring.
 REQUIRED_FIELDS = ("frames", "flow", "hand_vertices", "hand_valid", "person_mask")
@@ -259,7 +259,7 @@ class ClipError(ValueError):
 
 
 @dataclasses.dataclass
-class _Prepared:
+class Prepared:
   """Device inputs of one clip (M = 4 middle frames) and what the examples need besides the labels."""
   flow: np.ndarray  # [M,K,H,W,2] float16, non-finite values zeroed.
   flow_valid: np.ndarray  # [M,K] bool: every value of that flow finite.
@@ -269,7 +269,7 @@ class _Prepared:
   clip: dict[str, np.ndarray]
 
 
-def prepare_clip(clip: Mapping[str, Any], height: int, width: int, max_hands: int) -> _Prepared:
+def prepare_clip(clip: Mapping[str, Any], height: int, width: int, max_hands: int) -> Prepared:
   """Checks one source clip and extracts the device inputs; raises ClipError naming the problem."""
   missing = [f for f in REQUIRED_FIELDS if f not in clip]
   if missing:
@@ -307,7 +307,7 @@ def prepare_clip(clip: Mapping[str, Any], height: int, width: int, max_hands: in
     raise ClipError(f"non-finite flow at every offset of middle frame(s) {bad}")
   flow16 = np.where(finite, flow, 0).astype(np.float16)
   mid = list(MIDDLE_FRAMES)
-  return _Prepared(flow=flow16, flow_valid=flow_valid, vertices=verts[mid].astype(np.float32),
+  return Prepared(flow=flow16, flow_valid=flow_valid, vertices=verts[mid].astype(np.float32),
                    hand_valid=hand_valid, person=c["person_mask"][mid].astype(bool), clip=c)
 
 
@@ -321,7 +321,7 @@ def _vertex_box(verts: np.ndarray) -> np.ndarray:
   return np.where(fin.any(-1)[:, None], box, 0.0).astype(np.float32)
 
 
-def clip_examples(prep: _Prepared, clip_id: int, labels: Mapping[str, np.ndarray]) -> list[dict[str, Any]]:
+def clip_examples(prep: Prepared, clip_id: int, labels: Mapping[str, np.ndarray]) -> list[dict[str, Any]]:
   """The 4 examples (middle frames in order) of one clip, given its device outputs (leading axis M)."""
   c = prep.clip
   has_gt = "hand_mask" in c and "object_mask" in c
@@ -355,352 +355,32 @@ def clip_examples(prep: _Prepared, clip_id: int, labels: Mapping[str, np.ndarray
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Device computation.
+# Storage (written by the `pseudolabel` job, handobj_jax/jobs/pseudolabel.py).
 
 
-def label_batch(flow: jax.Array, flow_valid: jax.Array, vertices: jax.Array, hand_valid: jax.Array,
-                person: jax.Array, *, temperature: float, robust: bool, robust_threshold: float,
-                object_threshold: float) -> dict[str, jax.Array]:
-  """Responsibilities and pseudo-labels of a batch of clips (pure; jit it).
-
-  Args:
-    flow: [B,M,K,H,W,2] (any float dtype; computed in float32).
-    flow_valid: [B,M,K] bool.
-    vertices: [B,M,N,V,2] hand vertices at the middle frames.
-    hand_valid: [B,N] bool.
-    person: [B,M,H,W] bool.
-
-  Returns:
-    responsibility [B,M,N,H,W] uint8 (R x 255 rounded), ok [B,M,K,N] bool (fit ok per offset and hand),
-    object_mask and background_mask [B,M,H,W] bool.
-  """
-  m = flow.shape[1]
-  hv = jnp.broadcast_to(hand_valid[:, None], (hand_valid.shape[0], m, hand_valid.shape[1]))
-  r, ok = resp_lib.clip_responsibility(flow.astype(jnp.float32), flow_valid, vertices, None, hv,
-                                       temperature=temperature, robust=robust,
-                                       robust_threshold=robust_threshold)
-  labels = resp_lib.pseudo_labels(r, person, object_threshold=object_threshold)
-  r_u8 = jnp.round(jnp.clip(labels["hand_resp"], 0.0, 1.0) * 255.0).astype(jnp.uint8)
-  return {"responsibility": r_u8, "ok": ok, "object_mask": labels["object_mask"],
-          "background_mask": labels["background_mask"]}
-
-
-def _label_fn(pseudo: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Callable[..., dict[str, jax.Array]]:
-  return _cached_label_fn(float(pseudo.temperature), bool(pseudo.robust), float(pseudo.robust_threshold),
-                          float(pseudo.object_threshold), mesh)
-
-
-@functools.lru_cache(maxsize=8)
-def _cached_label_fn(temperature: float, robust: bool, robust_threshold: float, object_threshold: float,
-                     mesh: jax.sharding.Mesh) -> Callable[..., dict[str, jax.Array]]:
-  """jit(shard_map(label_batch)) over the batch axis.
-
-  shard_map keeps every device on its own clips (the SPMD partitioner would otherwise insert an all-gather,
-  and collectives between host devices can deadlock). A clip's labels are independent of its batch slot, of
-  the batch size and of the device count: every computation is per clip, and the robust fit draws the same
-  RANSAC samples for every fit. The batch is not vmapped over single clips: clip_responsibility is batched
-  already, and under vmap its fused per-pixel path degrades (see its docstring).
-  """
-  def labels(flow, flow_valid, vertices, hand_valid, person):
-    return label_batch(flow, flow_valid, vertices, hand_valid, person, temperature=temperature, robust=robust,
-                       robust_threshold=robust_threshold, object_threshold=object_threshold)
-
-  spec = jax.sharding.PartitionSpec("data")
-  fn = jax.shard_map(labels, mesh=mesh, in_specs=spec, out_specs=spec)
-  return jax.jit(lambda flow, flow_valid, vertices, hand_valid, person: fn(flow, flow_valid, vertices,
-                                                                          hand_valid, person))
-
-
-def _stack_batch(slots: list[_Prepared | None], template: _Prepared) -> dict[str, np.ndarray]:
-  """Host batch from fixed slots; empty slots (failed clips, padding) are zeros (all offsets invalid)."""
-  def get(field):
-    ref = getattr(template, field)
-    return np.stack([getattr(p, field) if p is not None else np.zeros_like(ref) for p in slots])
-
-  n_v = max(p.vertices.shape[2] for p in slots if p is not None)
-  for p in slots:  # Sources may differ in vertex count between clips; pad with NaN (= excluded).
-    if p is not None and p.vertices.shape[2] != n_v:
-      pad = np.full(p.vertices.shape[:2] + (n_v - p.vertices.shape[2], 2), np.nan, np.float32)
-      p.vertices = np.concatenate([p.vertices, pad], axis=2)
-  tmpl_v = np.zeros(template.vertices.shape[:2] + (n_v, 2), np.float32)
-  return {
-      "flow": get("flow"),
-      "flow_valid": get("flow_valid"),
-      "vertices": np.stack([p.vertices if p is not None else tmpl_v for p in slots]),
-      "hand_valid": get("hand_valid"),
-      "person": get("person"),
-  }
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Building.
-
-
-@dataclasses.dataclass(frozen=True)
-class _Shard:
-  split: str
-  index: int  # Within the split.
-  num_shards: int  # Of the split.
-  start: int  # Clip range.
-  stop: int
-  global_index: int
-
-  @property
-  def filename(self) -> str:
-    return f"{DATASET_NAME}-{self.split}.tfrecord-{self.index:05d}-of-{self.num_shards:05d}"
-
-
-def _plan(source: ClipSource, shard_clips: int) -> list[_Shard]:
-  shards = []
-  for split in SPLITS:
-    n = source.num_clips(split)
-    count = math.ceil(n / shard_clips)
-    for i in range(count):
-      shards.append(_Shard(split, i, count, i * shard_clips, min(n, (i + 1) * shard_clips), len(shards)))
-  return shards
+def shard_filename(split: str, index: int, num_shards: int) -> str:
+  """The TFDS default name of shard `index` of `num_shards` of `split`."""
+  return f"{DATASET_NAME}-{split}.tfrecord-{index:05d}-of-{num_shards:05d}"
 
 
 def output_dir(data_dir: str, source_name: str) -> str:
   return os.path.join(data_dir, DATASET_NAME, source_name, VERSION)
 
 
-def _build_settings(config: ml_collections.ConfigDict, source: ClipSource) -> dict[str, Any]:
-  p = config.pseudo
-  return {
-      "source": source.name,
-      "source_version": source.version,
-      "num_clips": {s: source.num_clips(s) for s in SPLITS},
-      "shard_clips": int(p.shard_clips),
-      "temperature": float(p.temperature),
-      "robust": bool(p.robust),
-      "robust_threshold": float(p.robust_threshold),
-      "object_threshold": float(p.object_threshold),
-      "height": int(source.height),
-      "width": int(source.width),
-      "max_hands": int(source.max_hands),
-  }
+def rebuild_hint(directory: str) -> str:
+  """How to rebuild damaged pseudo-labels: shards are resumable, so only the damaged one needs redoing."""
+  return (f"to rebuild, delete the damaged shard with its marker in {directory}/{PROGRESS_DIR}/ and "
+          f"{directory}/dataset_info.json (or the whole directory), then rerun: missing shards are rebuilt")
 
 
-def _write_json_atomic(path: str, obj: Any) -> None:
-  tmp = f"{path}.tmp-{jax.process_index()}-{os.getpid()}"
-  with tf.io.gfile.GFile(tmp, "w") as f:
-    json.dump(obj, f, indent=1, sort_keys=True)
-  tf.io.gfile.rename(tmp, path, overwrite=True)
-
-
-def _read_json(path: str) -> Any:
+def read_json(path: str) -> Any:
   with tf.io.gfile.GFile(path) as f:
     return json.load(f)
 
 
-def _check_settings(out: str, settings: dict[str, Any]) -> None:
-  path = os.path.join(out, _BUILD_CONFIG)
-  if tf.io.gfile.exists(path):
-    old = _read_json(path)
-    if old != settings:
-      diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
-      changes = ", ".join(f"{k}: {old.get(k)!r} there, {settings.get(k)!r} now" for k in diff)
-      raise pipeline.DataError(f"{out} was built with different settings ({changes}); delete it or use another "
-                               f"config.data.data_dir")
-  else:
-    _write_json_atomic(path, settings)
-
-
-def _fmt_s(seconds: float) -> str:
-  seconds = int(round(seconds))
-  h, rem = divmod(seconds, 3600)
-  m, s = divmod(rem, 60)
-  return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
-
-
-class _ShardWriter:
-  """Streams serialized examples into a temporary TFRecord file, renamed into place on `commit`."""
-
-  def __init__(self, out: str, shard: _Shard):
-    self.path = os.path.join(out, shard.filename)
-    self.tmp = os.path.join(out, f".tmp-{jax.process_index()}-{shard.filename}")
-    self._writer = tf.io.TFRecordWriter(self.tmp)
-    self.count = 0
-
-  def write(self, record: bytes) -> None:
-    self._writer.write(record)
-    self.count += 1
-
-  def commit(self) -> int:
-    self._writer.close()
-    size = tf.io.gfile.stat(self.tmp).length
-    tf.io.gfile.rename(self.tmp, self.path, overwrite=True)
-    return size
-
-
-def build_pseudolabels(config: ml_collections.ConfigDict, data_dir: str,
-                       source: ClipSource | None = None) -> str:
-  """Builds (or finishes building) the pseudo-labelled dataset; returns its directory. See the docstring."""
-  source = make_source(config) if source is None else source
-  p = config.pseudo
-  if p.shard_clips < 1 or p.batch_clips < 1:
-    raise pipeline.DataError(f"config.pseudo.shard_clips={p.shard_clips} and batch_clips={p.batch_clips} "
-                             f"must be >= 1")
-  out = output_dir(data_dir, source.name)
-  progress = os.path.join(out, _PROGRESS_DIR)
-  tf.io.gfile.makedirs(progress)
-  settings = _build_settings(config, source)
-  _check_settings(out, settings)
-  feats = features(source.height, source.width, source.max_hands)
-
-  devices = jax.local_devices()
-  if devices[0].platform == "cpu":
-    # Host "devices" share the same cores, so sharding buys nothing; and with several of them (e.g.
-    # --xla_force_host_platform_device_count=2, jax 0.10.2) the robust fit's program was seen to hang
-    # forever when run sharded, with or without shard_map. Accelerators use every local device.
-    devices = devices[:1]
-  mesh = pipeline.make_data_mesh(devices)
-  n_dev = mesh.devices.size
-  batch = int(math.ceil(p.batch_clips / n_dev) * n_dev)
-  label_fn = _label_fn(p, mesh)
-
-  plan = _plan(source, int(p.shard_clips))
-  host, hosts = jax.process_index(), jax.process_count()
-  mine = [s for s in plan if s.global_index % hosts == host]
-  todo = [s for s in mine if not tf.io.gfile.exists(os.path.join(progress, s.filename + ".json"))]
-  total_clips = sum(s.stop - s.start for s in todo)
-  logging.info("pseudolabel %s -> %s: host %d/%d, %d of its %d shards to do (%d clips), batch %d clips on "
-               "%d device(s)", source.name, out, host, hosts, len(todo), len(mine), total_clips, batch, n_dev)
-  done_clips, shards_written = 0, 0
-  t0 = time.perf_counter()
-  for shard in todo:
-    writer = _ShardWriter(out, shard)
-    failed: list[dict[str, Any]] = []
-
-    def fail(clip_id, reason, shard=shard, failed=failed):
-      logging.warning("pseudolabel: skipping %s clip %d: %s", shard.split, clip_id, reason)
-      failed.append({"split": shard.split, "clip_id": int(clip_id), "reason": reason})
-
-    pending = None  # (slots, ids, device outputs) of the batch in flight.
-
-    def finish(pending_batch):
-      slots, ids, outputs = pending_batch
-      host_out = {k: np.asarray(v) for k, v in outputs.items()}
-      for b, (prep, clip_id) in enumerate(zip(slots, ids)):
-        if prep is None:
-          continue
-        for ex in clip_examples(prep, clip_id, {k: v[b] for k, v in host_out.items()}):
-          # Re-serialised with sorted map keys: byte-identical shards whichever process wrote them.
-          proto = tf.train.Example.FromString(feats.serialize_example(ex))
-          writer.write(proto.SerializeToString(deterministic=True))
-
-    slots: list[_Prepared | None] = []
-    ids: list[int] = []
-    clip_iter = source.read(shard.split, shard.start, shard.stop)
-    for pos in range(shard.start, shard.stop):
-      clip_id, clip = next(clip_iter)
-      if clip_id != pos:
-        raise RuntimeError(f"clip source {source.name} returned clip {clip_id} for index {pos}")
-      prep = None
-      if isinstance(clip, Exception):
-        fail(clip_id, f"read error: {type(clip).__name__}: {clip}")
-      else:
-        try:
-          prep = prepare_clip(clip, source.height, source.width, source.max_hands)
-        except ClipError as e:
-          fail(clip_id, str(e))
-      slots.append(prep)
-      ids.append(clip_id)
-      if len(slots) == batch or pos == shard.stop - 1:
-        if any(s is not None for s in slots):
-          template = next(s for s in slots if s is not None)
-          padded = slots + [None] * (batch - len(slots))
-          host_batch = _stack_batch(padded, template)
-          # One program in flight at a time (the partitioned program may hold collectives, and two queued
-          # ones can deadlock on host devices); clips are still read while the device computes.
-          if pending is not None:
-            finish(pending)
-            pending = None
-          dev = next(pipeline.global_batches([host_batch], mesh))
-          pending = (slots, ids, label_fn(**dev))
-        slots, ids = [], []
-    if pending is not None:
-      finish(pending)
-    num_bytes = writer.commit()
-    _write_json_atomic(os.path.join(progress, shard.filename + ".json"),
-                       {"num_examples": writer.count, "num_bytes": num_bytes, "failed": failed,
-                        "num_clips": shard.stop - shard.start})
-    done_clips += shard.stop - shard.start
-    shards_written += 1
-    elapsed = time.perf_counter() - t0
-    rate = done_clips / max(elapsed, 1e-9)
-    logging.info("pseudolabel %s: shard %s done (%d examples, %d failed clips); %d/%d clips this run, "
-                 "%.2f clips/s, ETA %s", source.name, shard.filename, writer.count, len(failed), done_clips,
-                 total_clips, rate, _fmt_s((total_clips - done_clips) / max(rate, 1e-9)))
-    if p.debug_sleep_after_shard_s > 0:  # Tests kill the job here.
-      time.sleep(float(p.debug_sleep_after_shard_s))
-
-  if hosts > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    multihost_utils.sync_global_devices("cohesiv_pseudolabel_shards_done")
-  if host == 0:
-    _finalize(out, plan, feats, source)
-  if hosts > 1:
-    multihost_utils.sync_global_devices("cohesiv_pseudolabel_metadata_done")
-  return out
-
-
-def _finalize(out: str, plan: list[_Shard], feats: tfds.features.FeaturesDict, source: ClipSource) -> None:
-  """Writes the failure report and the TFDS metadata once every shard is finished."""
-  progress = os.path.join(out, _PROGRESS_DIR)
-  split_infos, report = [], {"splits": {}, "failed": []}
-  for split in SPLITS:
-    shards = [s for s in plan if s.split == split]
-    if not shards:
-      continue
-    infos = []
-    for s in shards:
-      path = os.path.join(progress, s.filename + ".json")
-      if not tf.io.gfile.exists(path):
-        raise RuntimeError(f"pseudolabel: shard {s.filename} is not finished; rerun the job")
-      infos.append(_read_json(path))
-    for info in infos:
-      report["failed"].extend(info["failed"])
-    n_ex = sum(i["num_examples"] for i in infos)
-    report["splits"][split] = {"clips": sum(i["num_clips"] for i in infos), "examples": n_ex,
-                               "failed_clips": sum(len(i["failed"]) for i in infos)}
-    template = tfds.core.ShardedFileTemplate(data_dir=out, dataset_name=DATASET_NAME, split=split,
-                                              filetype_suffix="tfrecord")
-    split_infos.append(tfds.core.SplitInfo(name=split, shard_lengths=[i["num_examples"] for i in infos],
-                                           num_bytes=sum(i["num_bytes"] for i in infos),
-                                           filename_template=template))
-  for name in tf.io.gfile.listdir(out):  # Temporary files of killed runs.
-    if name.startswith(".tmp-"):
-      tf.io.gfile.remove(os.path.join(out, name))
-  _write_json_atomic(os.path.join(out, REPORT_FILE), report)
-  tfds.folder_dataset.write_metadata(
-      data_dir=out, features=feats, split_infos=split_infos, version=VERSION, check_data=False,
-      description=f"COHESIV pseudo-labels of {source.name} (see input_pipeline/cohesiv_examples.py).")
-  logging.info("pseudolabel: wrote metadata of %s: %s", out, report["splits"])
-
-
-def ensure_pseudolabelled(config: ml_collections.ConfigDict, data_dir: str) -> tfds.core.DatasetBuilder:
-  """Opens the pseudo-labelled dataset of `config.data` under `data_dir`, building it first if needed."""
-  p = config.pseudo
-  out = output_dir(data_dir, source_name(config))
-  if not tf.io.gfile.exists(os.path.join(out, "dataset_info.json")):
-    out = build_pseudolabels(config, data_dir)
-  else:
-    settings_path = os.path.join(out, _BUILD_CONFIG)
-    old = _read_json(settings_path) if tf.io.gfile.exists(settings_path) else {}
-    now = {"shard_clips": int(p.shard_clips), "temperature": float(p.temperature), "robust": bool(p.robust),
-           "robust_threshold": float(p.robust_threshold), "object_threshold": float(p.object_threshold)}
-    diff = sorted(k for k in now if old.get(k) != now[k])
-    if diff:
-      raise pipeline.DataError(f"{out} was built with different config.pseudo settings "
-                               f"({', '.join(f'{k}: {old.get(k)!r} there, {now[k]!r} now' for k in diff)}); "
-                               f"delete it or use another config.data.data_dir")
-  return tfds.builder_from_directory(out)
-
-
 def read_report(builder_or_dir: tfds.core.DatasetBuilder | str) -> dict[str, Any]:
   out = builder_or_dir if isinstance(builder_or_dir, str) else os.fspath(builder_or_dir.data_dir)
-  return _read_json(os.path.join(out, REPORT_FILE))
+  return read_json(os.path.join(out, REPORT_FILE))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -715,8 +395,10 @@ def flip_example(example: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
   """Horizontal mirror of one example (image columns x -> W - 1 - x), every field consistently.
 
   Images/masks/flow [.., H, W(, C)] are reversed along W and flow dx changes sign; query points map
-  x -> W - 1 - x (pixel centres at integers); boxes [x0, y0, x1, y1] with x1 one past the last column map to
-  [W - x1, y0, W - x0, y1] (all-zero boxes of absent hands stay zero). Applying it twice is the identity.
+  x -> W - 1 - x (pixel centres at integers) where `query_valid` says the hand is there (validity is that
+  explicit field, never a coordinate value; other points are left as stored); boxes [x0, y0, x1, y1] with
+  x1 one past the last column map to [W - x1, y0, W - x0, y1], all of them (an empty box, x1 <= x0, stays
+  empty). Applying it twice is the identity.
   """
   ex = dict(example)
   width = tf.shape(ex["image"])[1]
@@ -727,14 +409,11 @@ def flip_example(example: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
   flow = tf.reverse(ex["flow_next"], axis=[1])
   ex["flow_next"] = tf.concat([-flow[..., :1], flow[..., 1:]], axis=-1)
   qp = ex["query_point"]
-  absent = tf.reduce_all(tf.equal(qp, 0.0), axis=-1, keepdims=True)
   flipped_qp = tf.concat([_flip_x(qp[..., :1], width), qp[..., 1:]], axis=-1)
-  ex["query_point"] = tf.where(absent, qp, flipped_qp)
+  ex["query_point"] = tf.where(tf.cast(ex["query_valid"], tf.bool)[..., None], flipped_qp, qp)
   box = ex["hand_box"]
   w = tf.cast(width, box.dtype)
-  empty = tf.reduce_all(tf.equal(box, 0.0), axis=-1, keepdims=True)
-  flipped_box = tf.stack([w - box[..., 2], box[..., 1], w - box[..., 0], box[..., 3]], axis=-1)
-  ex["hand_box"] = tf.where(empty, box, flipped_box)
+  ex["hand_box"] = tf.stack([w - box[..., 2], box[..., 1], w - box[..., 0], box[..., 3]], axis=-1)
   return ex
 
 

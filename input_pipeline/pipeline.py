@@ -6,10 +6,18 @@ over the batch axis of a `('data',)` mesh spanning every device of every host. O
 the seed (`options.deterministic`, seeded shuffles), so `start_step` can replay a run's data exactly after a
 restart. Evaluation batches are padded to a fixed size with a boolean `_mask` so every host runs the same
 number of steps.
+
+Damaged data is reported, never a raw TensorFlow traceback: `open_prepared` checks a prepared dataset's
+`dataset_info.json` and that every shard file exists with the size the metadata records (a truncated or
+missing shard is named at once); a record that fails its checksum while reading (flipped bytes) is traced to
+its shard file by `find_damaged_shard`, and `global_batches(..., source=DataSource(...))` raises a
+`DataError` naming that file and how to rebuild it.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 from typing import Any, Callable, Iterator
 
@@ -19,14 +27,21 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-# tf.data must not grab an accelerator that JAX owns.
+from handobj_jax import console
+from handobj_jax import errors
+from handobj_jax import preemption
+
+# tf.data must not grab an accelerator that JAX owns; TFDS progress bars stay off the user's terminal
+# (builds report through handobj_jax.console).
 tf.config.set_visible_devices([], "GPU")
+tfds.disable_progress_bar()
+TFRECORD_FRAMING_BYTES = 16  # Per record: length (8) + its CRC (4) + data CRC (4).
 
 DEFAULT_DATA_DIR_ENV = "HANDOBJ_DATA_DIR"
 MASK_KEY = "_mask"
 
 
-class DataError(ValueError):
+class DataError(errors.InputError):
   """An unusable data source (missing directory, dataset or field), reported in one line."""
 
 
@@ -37,9 +52,15 @@ def resolve_data_dir(data_dir: str) -> str:
   directory must already exist: a typo must not silently start a fresh multi-hour build elsewhere.
   """
   if not data_dir:
-    data_dir = os.environ.get(DEFAULT_DATA_DIR_ENV) or os.path.join("~", "tensorflow_datasets")
-    data_dir = os.path.abspath(os.path.expanduser(data_dir))
-    os.makedirs(data_dir, exist_ok=True)
+    from_env = os.environ.get(DEFAULT_DATA_DIR_ENV)
+    data_dir = os.path.abspath(os.path.expanduser(from_env or os.path.join("~", "tensorflow_datasets")))
+    source = f"${DEFAULT_DATA_DIR_ENV}={from_env!r}" if from_env else f"the default data dir {data_dir!r}"
+    if os.path.exists(data_dir) and not os.path.isdir(data_dir):
+      raise DataError(f"{source} is a file, not a directory; point ${DEFAULT_DATA_DIR_ENV} at a directory")
+    try:
+      os.makedirs(data_dir, exist_ok=True)
+    except OSError as e:
+      raise DataError(f"cannot create {source}: {e.strerror or e}") from None
     return data_dir
   resolved = os.path.abspath(os.path.expanduser(data_dir))
   if not os.path.isdir(resolved):
@@ -127,8 +148,143 @@ def eval_dataset(ds: tf.data.Dataset, *, batch_size: int,
   return _deterministic(ds).prefetch(prefetch)
 
 
-def global_batches(ds: tf.data.Dataset | Any, mesh: Mesh) -> Iterator[dict[str, jax.Array]]:
-  """Host batches -> global `jax.Array`s sharded over the mesh's 'data' axis."""
+@dataclasses.dataclass(frozen=True)
+class DataSource:
+  """Where a tf.data pipeline reads from, to name a damaged file: a builder, a split and a rebuild hint."""
+  builder: Any
+  split: str
+  rebuild: str
+
+
+def global_batches(ds: tf.data.Dataset | Any, mesh: Mesh,
+                   source: DataSource | None = None) -> Iterator[dict[str, jax.Array]]:
+  """Host batches -> global `jax.Array`s sharded over the mesh's 'data' axis.
+
+  A read error (a damaged record) becomes a `DataError`; with `source` it names the damaged shard file.
+  """
   sharding = batch_sharding(mesh)
-  for batch in (tfds.as_numpy(ds) if isinstance(ds, tf.data.Dataset) else ds):
+  batches = numpy_batches(ds, source) if isinstance(ds, tf.data.Dataset) else ds
+  for batch in batches:
     yield jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch)
+
+
+def numpy_batches(ds: tf.data.Dataset, source: DataSource | None = None) -> Iterator[Any]:
+  """`tfds.as_numpy(ds)`, with a read error turned into a `DataError` (see `read_error`)."""
+  batches = iter(tfds.as_numpy(ds))
+  while True:
+    try:
+      batch = next(batches)
+    except StopIteration:
+      return
+    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as e:
+      raise read_error(e, source) from None
+    yield batch
+
+
+def read_error(error: Exception, source: DataSource | None) -> DataError:
+  """The one-line DataError for a failed read: the damaged file (found by `find_damaged_shard`) and how to
+  rebuild it, or TensorFlow's first line when the source is unknown."""
+  first = (getattr(error, "message", None) or str(error)).strip().splitlines()[0]
+  if source is None:
+    return DataError(f"reading the dataset failed: {type(error).__name__}: {first}")
+  bad = find_damaged_shard(source.builder, source.split)
+  name = getattr(getattr(source.builder, "info", None), "full_name", "dataset")
+  if bad is None:
+    return DataError(f"reading split {source.split!r} of {name} failed ({first}); {source.rebuild}")
+  return DataError(f"{bad} is damaged ({first}); {source.rebuild}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Prepared datasets on disk: metadata and shard checks.
+
+
+def split_files(builder: tfds.core.DatasetBuilder, split: str) -> list[str]:
+  directory = os.fspath(builder.data_dir)
+  return [os.path.join(directory, f) for f in builder.info.splits[split].filenames]
+
+
+def check_files(builder: tfds.core.DatasetBuilder, rebuild: str) -> None:
+  """Every shard file of every split exists and the sizes add up to what the metadata records."""
+  for split, info in builder.info.splits.items():
+    files = split_files(builder, split)
+    missing = [f for f in files if not tf.io.gfile.exists(f)]
+    if missing:
+      raise DataError(f"{missing[0]} is missing ({len(missing)} of the {len(files)} shard files of split "
+                      f"{split!r}); {rebuild}")
+    size = sum(tf.io.gfile.stat(f).length for f in files)
+    payload = int(info.num_bytes)
+    if size not in (payload, payload + TFRECORD_FRAMING_BYTES * int(info.num_examples)):
+      bad = find_damaged_shard(builder, split)
+      what = f"{bad} is damaged" if bad else f"the shard files of split {split!r} have the wrong size"
+      raise DataError(f"{what} ({size} bytes on disk, the metadata records {payload} + framing); {rebuild}")
+
+
+def find_damaged_shard(builder: tfds.core.DatasetBuilder, split: str) -> str | None:
+  """The first shard file of `split` whose records do not all read back (checksums, truncation)."""
+  for path in split_files(builder, split):
+    if not tf.io.gfile.exists(path):
+      return path
+    try:
+      for _ in tf.data.TFRecordDataset(path):
+        pass
+    except tf.errors.OpError:
+      return path
+  return None
+
+
+def open_prepared(directory: str, rebuild: str) -> tfds.core.DatasetBuilder:
+  """Opens a prepared dataset directory (dataset_info.json + shards), checking metadata and files first."""
+  info_path = os.path.join(directory, "dataset_info.json")
+  try:
+    with tf.io.gfile.GFile(info_path) as f:
+      json.load(f)
+    builder = tfds.builder_from_directory(directory)
+  except Exception as e:  # pylint: disable=broad-except  (json, protobuf and TFDS errors alike)
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    raise DataError(f"{info_path} is unreadable ({type(e).__name__}: {first}); {rebuild}") from None
+  check_files(builder, rebuild)
+  return builder
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The project's own TFDS builders: progress, stop requests and damaged files.
+
+
+class ReportingBuilder:
+  """Mixin for the project's `GeneratorBasedBuilder`s: TFDS's own console prints go to the log, a build
+  shows one progress line per split (`reported`) and stops at the next example on SIGTERM / Ctrl-C (TFDS
+  writes into a temporary directory, so a stopped build leaves nothing half-written behind)."""
+
+  def _log_download_bytes(self) -> None:
+    console.say(f"building {self.info.full_name} into {self.data_dir} (first use; later runs reuse it)")
+
+  def _log_download_done(self) -> None:
+    console.say(f"built {self.info.full_name}: " +
+                ", ".join(f"{s} {self.info.splits[s].num_examples}" for s in self.info.splits))
+
+  def reported(self, split: str, total: int, examples: Iterator[Any]) -> Iterator[Any]:
+    meter = console.Progress(total, f"{self.name}/{split}", unit="example")
+    for i, example in enumerate(examples):
+      preemption.check(f"while building {self.info.full_name} (nothing kept; rerun to build it again)")
+      yield example
+      meter.update(i + 1)
+    meter.close()
+
+
+def prepare(make_builder: Callable[[], tfds.core.DatasetBuilder], directory: str,
+            rebuild: str) -> tfds.core.DatasetBuilder:
+  """Constructs a generator-based builder whose prepared data lives in `directory`, builds it if needed, and
+  checks its files (see `check_files`).
+
+  A corrupt `dataset_info.json` or a damaged shard is a `DataError` naming the file, with `rebuild` (how to
+  rebuild it) appended.
+  """
+  try:
+    builder = make_builder()
+  except Exception as e:  # pylint: disable=broad-except  (protobuf/json/TFDS errors from dataset_info.json)
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    raise DataError(f"{os.path.join(directory, 'dataset_info.json')} is unreadable ({type(e).__name__}: "
+                    f"{first}); {rebuild}") from None
+  builder.download_and_prepare()
+  check_files(builder, rebuild)
+  return builder

@@ -15,11 +15,13 @@ Stored shapes (T frames, N = max hands, V vertices, M = 4 middle frames, K = 6 o
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
 
+from input_pipeline import pipeline
 from input_pipeline import synthetic_world
 
 # Fields of `synthetic_world.generate_clip` kept in the dataset, with their storage dtype and encoding.
@@ -89,7 +91,7 @@ def clip_seed(config: SyntheticHandObjConfig, split: str, index: int) -> int:
   return config.seed * 100_000_000 + _SPLIT_SEED_OFFSET[split] + index
 
 
-class SyntheticHandobj(tfds.core.GeneratorBasedBuilder):
+class SyntheticHandobj(pipeline.ReportingBuilder, tfds.core.GeneratorBasedBuilder):
   """Procedural hand-object clips with exact ground truth (no download)."""
 
   VERSION = tfds.core.Version("1.1.0")
@@ -120,6 +122,9 @@ class SyntheticHandobj(tfds.core.GeneratorBasedBuilder):
     }
 
   def _generate_examples(self, split: str, count: int):
+    return self.reported(split, count, self._examples(split, count))
+
+  def _examples(self, split: str, count: int):
     cfg = self.builder_config
     world = cfg.world_config()
     specs = _field_specs(world)
@@ -132,7 +137,10 @@ class SyntheticHandobj(tfds.core.GeneratorBasedBuilder):
 
 
 def build(data_dir: str, config_name: str = "small") -> tfds.core.DatasetBuilder:
-  """Builds (if needed) `synthetic_handobj/<config_name>` under `data_dir` and returns the builder."""
-  builder = SyntheticHandobj(data_dir=data_dir, config=config_name)
-  builder.download_and_prepare()
-  return builder
+  """Builds (if needed) `synthetic_handobj/<config_name>` under `data_dir` and returns the builder.
+
+  Damaged files of an earlier build are reported with the directory to delete (it is rebuilt on the next
+  run: the world is procedural)."""
+  directory = os.path.join(data_dir, SyntheticHandobj.name, config_name, str(SyntheticHandobj.VERSION))
+  return pipeline.prepare(lambda: SyntheticHandobj(data_dir=data_dir, config=config_name), directory,
+                          f"delete {directory} and rerun: it is rebuilt from the embedded generator")

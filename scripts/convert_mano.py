@@ -8,11 +8,13 @@ with ``handobj_jax.models.mano.load_mano(path, side)``.
 """
 import argparse
 import os
+import sys
 
+from handobj_jax import errors
 from handobj_jax.models import mano
 
 
-def main() -> None:
+def main() -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("input", help="MANO_RIGHT.pkl or MANO_LEFT.pkl")
   parser.add_argument("output", help="output .npz path")
@@ -21,11 +23,18 @@ def main() -> None:
   args = parser.parse_args()
   side = args.side or (
       "left" if "LEFT" in os.path.basename(args.input).upper() else "right")
-  model = mano.load_mano(args.input, side=side)
-  mano.save_npz(model, args.output)
+  try:
+    model = mano.load_mano(args.input, side=side)
+    tmp = f"{args.output}.tmp-{os.getpid()}.npz"
+    mano.save_npz(model, tmp)
+    os.replace(tmp, args.output)  # Never a half-written output.
+  except (errors.InputError, ValueError, OSError) as e:
+    sys.stderr.write(f"error: {str(e).splitlines()[0]}\n")
+    return 2
   print(f"wrote {args.output}: {side} hand, {model.v_template.shape[0]} "
         f"vertices, {model.faces.shape[0]} faces")
+  return 0
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(main())

@@ -37,14 +37,24 @@ def main(argv=None) -> int:
   if not args.out.endswith(".npz"):
     parser.error(f"--out must end in .npz, got {args.out}")
 
-  state = pretrained.read_state_dict(args.src)
-  variables = pretrained.convert_torch_state_dict(state, args.arch,
-                                                  classifier=args.classifier)
+  try:
+    state = pretrained.read_state_dict(args.src)
+    pretrained.check_finite(state, args.src)
+    variables = pretrained.convert_torch_state_dict(state, args.arch,
+                                                    classifier=args.classifier)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    tmp = f"{args.out}.tmp-{os.getpid()}.npz"
+    np.savez(tmp, **{k: np.asarray(v) for k, v in state.items()})
+    os.replace(tmp, args.out)  # Never a half-written output.
+  except Exception as e:  # pylint: disable=broad-except  (torch/zip errors of damaged files too)
+    lines = str(e).strip().splitlines()
+    detail = " ".join(l.strip() for l in lines[:4]) if lines else type(e).__name__
+    where = "" if args.src in detail else f"{args.src}: "
+    sys.stderr.write(f"error: {where}{detail}\n")
+    return 2
   n_vars = sum(int(np.prod(np.shape(v)))
                for c in variables.values()
                for v in _leaves(c))
-  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-  np.savez(args.out, **{k: np.asarray(v) for k, v in state.items()})
   print(f"wrote {args.out}: {len(state)} tensors, {n_vars:,} encoder values "
         f"(params + BN statistics) for {args.arch}")
   return 0

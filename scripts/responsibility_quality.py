@@ -4,7 +4,7 @@ r"""How good are the responsibility pseudo-labels on the synthetic world? (COHES
                                            [--temperature 2] [--motion_scale 2.5]
 
 For each clip of a `synthetic_handobj` builder config's split (regenerated from its seeds), the labels of
-the 4 middle frames are computed exactly as the `pseudolabel` job does (`cohesiv_examples.label_batch`,
+the 4 middle frames are computed exactly as the `pseudolabel` job does (`handobj_jax.jobs.pseudolabel.label_batch`,
 t = 2, robust fits), once with the EXACT flow (`flow_exact`, i.e. flow_noise 0) and once with the stored
 estimator-like noisy flow (`flow`). Printed, as means over pixels pooled over the split:
   * object: responsibility of the holding hand on its held object's moving (|exact flow to t+1| >= 0.5 px),
@@ -23,7 +23,7 @@ import dataclasses
 import jax
 import numpy as np
 
-from input_pipeline import cohesiv_examples as ce
+from handobj_jax.jobs import pseudolabel as pseudolabel_job
 from input_pipeline import synthetic_world as sw
 from input_pipeline import tfds_synthetic
 
@@ -45,7 +45,7 @@ def main():
     world = dataclasses.replace(world, motion_scale=args.motion_scale)
   count = {"train": cfg.num_train, "validation": cfg.num_validation, "test": cfg.num_test}[args.split]
   count = count if args.clips < 0 else args.clips
-  fn = jax.jit(lambda *a: ce.label_batch(*a, temperature=args.temperature, robust=True, robust_threshold=3.0,
+  fn = jax.jit(lambda *a: pseudolabel_job.label_batch(*a, temperature=args.temperature, robust=True, robust_threshold=3.0,
                                          object_threshold=0.5))
   acc = {kind: {"obj": [], "obj_motion": [], "bg": []} for kind in ("exact", "noisy")}
   cam = 0

@@ -18,3 +18,29 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Keep tf.data off any accelerator and quiet.
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+
+import fcntl  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+@pytest.fixture(scope="session")
+def smoke_data_dir(tmp_path_factory):
+  """A data dir holding the tiny synthetic clips and their COHESIV pseudo-labels (the `:smoke` configs'
+  data), built once per test run and shared by the xdist workers (a file lock serialises the build).
+  Tests must not modify it: copy it first."""
+  base = tmp_path_factory.getbasetemp()
+  root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+  data = root / "smoke_data"
+  with open(root / "smoke_data.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not (data / "DONE").exists():
+      from configs import cohesiv as cohesiv_configs  # pylint: disable=g-import-not-at-top
+      from handobj_jax.jobs import pseudolabel  # pylint: disable=g-import-not-at-top
+      data.mkdir(exist_ok=True)
+      config = cohesiv_configs.get_config("smoke")
+      config.data.data_dir = str(data)
+      pseudolabel.ensure_pseudolabelled(config, str(data))
+      (data / "DONE").write_text("ok")
+  return str(data)

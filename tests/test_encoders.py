@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from handobj_jax import errors
 from handobj_jax.models import encoders
 from handobj_jax.models import pretrained
 
@@ -194,12 +195,25 @@ def test_load_pretrained_npz(tmp_path):
   np.testing.assert_array_equal(
       loaded["params"]["layer2_0"]["conv2"]["kernel"],
       variables["params"]["layer2_0"]["conv2"]["kernel"])
-  with pytest.raises(FileNotFoundError, match="missing.npz"):
+  with pytest.raises(errors.InputError, match="missing.npz"):
     pretrained.load_pretrained(tmp_path / "missing.npz", enc)
   bad = tmp_path / "w.h5"
   bad.write_bytes(b"")
-  with pytest.raises(ValueError, match="unsupported weights file"):
+  with pytest.raises(errors.InputError, match="unsupported weights file"):
     pretrained.load_pretrained(bad, enc)
+  # NaN weights are refused, naming the file and the tensor.
+  state = pretrained.flax_to_torch_state_dict(variables)
+  key = sorted(state)[3]
+  state[key] = np.full_like(state[key], np.nan)
+  nan_path = tmp_path / "nan.npz"
+  np.savez(nan_path, **state)
+  with pytest.raises(errors.InputError, match=rf"nan\.npz.*{re.escape(key)}.*NaN"):
+    pretrained.load_pretrained(nan_path, enc)
+  # A truncated file is named too.
+  truncated = tmp_path / "truncated.npz"
+  truncated.write_bytes(path.read_bytes()[:200])
+  with pytest.raises(errors.InputError, match="truncated.npz"):
+    pretrained.load_pretrained(truncated, enc)
 
 
 # ----------------------------------------------------------------- reference

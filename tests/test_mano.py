@@ -401,8 +401,43 @@ def test_restricted_unpickler_refuses_other_globals(tmp_path):
       mano.RestrictedMANOUnpickler(io.BytesIO(raw), encoding="latin1").load()
   path = tmp_path / "MANO_RIGHT.pkl"
   path.write_bytes(pickle.dumps({"f": eval}, protocol=2))  # builtins.eval
-  with pytest.raises(pickle.UnpicklingError, match="eval"):
+  with pytest.raises(mano.ManoFileError, match="MANO_RIGHT.pkl.*refusing.*eval"):
     mano.load_mano(str(path))
+
+
+def _chumpy_self_reference() -> bytes:
+  """A pickle of a chumpy `Reshape` node whose input is itself (hand-assembled protocol-2 opcodes)."""
+  return (b"\x80\x02cchumpy.reshape\nReshape\nq\x00)\x81q\x01}q\x02(X\x01\x00\x00\x00aq\x03h\x01"
+          b"X\x08\x00\x00\x00newshapeq\x04K\x03\x85q\x05ub}q\x06X\n\x00\x00\x00v_templateq\x07h\x01s.")
+
+
+@pytest.mark.parametrize("case", ["empty", "truncated_pkl", "self_reference", "empty_kintree",
+                                  "truncated_npz", "not_a_dict"])
+def test_damaged_files_are_named(tmp_path, case):
+  """Every unusable MANO file gives a ManoFileError naming the file (never a bare library exception)."""
+  model = mano.synthetic_mano_model("right")
+  path = tmp_path / "MANO_RIGHT.pkl"
+  if case == "empty":
+    path.write_bytes(b"")
+  elif case == "truncated_pkl":
+    _write_chumpy_pkl(model, path)
+    path.write_bytes(path.read_bytes()[:1000])
+  elif case == "self_reference":
+    path.write_bytes(_chumpy_self_reference())
+  elif case == "empty_kintree":
+    data = mano.to_official_dict(model)
+    data["kintree_table"] = np.zeros((2, 0), np.int64)
+    path.write_bytes(pickle.dumps(data, protocol=2))
+  elif case == "truncated_npz":
+    path = tmp_path / "right.npz"
+    mano.save_npz(model, str(path))
+    path.write_bytes(path.read_bytes()[:3000])
+  elif case == "not_a_dict":
+    path.write_bytes(pickle.dumps([1, 2, 3], protocol=2))
+  with pytest.raises(mano.ManoFileError) as info:
+    mano.load_mano(str(path), "right")
+  message = str(info.value)
+  assert str(path) in message and "\n" not in message
 
 
 def test_missing_file_message(tmp_path):

@@ -62,7 +62,7 @@ def built(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("work")
   config = _config(data_dir)
   report = job.run(config, str(workdir))
-  builder = ce.ensure_pseudolabelled(config, str(data_dir))
+  builder = job.ensure_pseudolabelled(config, str(data_dir))
   return config, builder, report, workdir
 
 
@@ -126,7 +126,7 @@ class _CleanSource(ce.GeneratorClipSource):
 
 def test_holding_hand_responsibility_high_on_object(tmp_path):
   source = _CleanSource(3)
-  out = ce.build_pseudolabels(_config(tmp_path), str(tmp_path), source=source)
+  out = job.build_pseudolabels(_config(tmp_path), str(tmp_path), source=source)
   builder = tfds.builder_from_directory(out)
   checked = 0
   for ex in _examples(builder, "train"):
@@ -166,7 +166,7 @@ class _BrokenSource(ce.GeneratorClipSource):
 
 
 def test_broken_clips_are_reported_and_skipped(tmp_path):
-  out = ce.build_pseudolabels(_config(tmp_path), str(tmp_path), source=_BrokenSource())
+  out = job.build_pseudolabels(_config(tmp_path), str(tmp_path), source=_BrokenSource())
   builder = tfds.builder_from_directory(out)
   assert builder.info.splits["train"].num_examples == 4 * (5 - 3)
   assert {int(e["clip_id"]) for e in _examples(builder, "train")} == {0, 4}
@@ -213,8 +213,8 @@ def test_kill_and_restart_loses_and_duplicates_nothing(tmp_path):
     proc.wait()
   assert len(glob.glob(os.path.join(out, "_progress", "*.json"))) == 1
   assert not os.path.exists(os.path.join(out, "dataset_info.json"))
-  assert ce.build_pseudolabels(_config(killed_dir, **overrides), str(killed_dir)) == out
-  ref = ce.build_pseudolabels(_config(ref_dir, **overrides), str(ref_dir))
+  assert job.build_pseudolabels(_config(killed_dir, **overrides), str(killed_dir)) == out
+  ref = job.build_pseudolabels(_config(ref_dir, **overrides), str(ref_dir))
   keys, raw = _records(out)
   ref_keys, ref_raw = _records(ref)
   assert len(keys) == len(set(keys)) == 4 * (6 + 2 + 2)
@@ -231,7 +231,7 @@ def test_changed_settings_are_refused(built):
   config, _, _, _ = built
   config = _config(config.data.data_dir, object_threshold=0.7)
   with pytest.raises(ValueError, match="object_threshold"):
-    ce.ensure_pseudolabelled(config, config.data.data_dir)
+    job.ensure_pseudolabelled(config, config.data.data_dir)
 
 
 def test_responsibility_baseline_job(built, tmp_path):

@@ -297,14 +297,14 @@ def test_responsibility_quality_on_the_synthetic_world():
   The first 8 clips of `synthetic_handobj/small`'s validation split; scripts/responsibility_quality.py
   reports the whole split (0.916 and 0.958) and how the figure depends on motion.
   """
-  from input_pipeline import cohesiv_examples as ce
+  from handobj_jax.jobs import pseudolabel as pseudolabel_job
   from input_pipeline import synthetic_world as sw
   from input_pipeline import tfds_synthetic
 
   cfg = {c.name: c for c in tfds_synthetic.BUILDER_CONFIGS}["small"]
   world = cfg.world_config()
   mid = list(sw.MIDDLE_FRAMES)
-  fn = jax.jit(lambda *a: ce.label_batch(*a, temperature=2.0, robust=True, robust_threshold=3.0,
+  fn = jax.jit(lambda *a: pseudolabel_job.label_batch(*a, temperature=2.0, robust=True, robust_threshold=3.0,
                                          object_threshold=0.5))
   obj, bg = [], []
   for i in range(8):

@@ -214,3 +214,86 @@ def test_plateau_schedule_halves_then_stops():
   assert q == p
   with pytest.raises(FloatingPointError):
     schedule.Plateau(learning_rate=1.0).update(float("nan"))
+
+
+# ---- Damaged checkpoints, other models, NaN state ------------------------------------------------
+
+
+def _largest_file(directory):
+  files = [os.path.join(d, f) for d, _, fs in os.walk(directory) for f in fs]
+  return max(files, key=os.path.getsize)
+
+
+def _damage(step_dir, how):
+  if how == "truncated_array_file":
+    path = _largest_file(os.path.join(step_dir, "state"))
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[: len(data) // 2])
+  elif how == "deleted_metadata":
+    os.remove(os.path.join(step_dir, "state", "_METADATA"))
+  elif how == "flipped_bytes":
+    path = _largest_file(os.path.join(step_dir, "state"))
+    data = bytearray(open(path, "rb").read())
+    for i in range(len(data) // 3, len(data) // 3 + 64):
+      data[i] ^= 0x5A
+    open(path, "wb").write(bytes(data))
+  else:
+    raise ValueError(how)
+
+
+@pytest.mark.parametrize("how", ["truncated_array_file", "deleted_metadata", "flipped_bytes"])
+def test_damaged_newest_checkpoint_falls_back_to_an_intact_one(tmp_path, how, capsys):
+  """Resume skips a damaged checkpoint (moved aside, never deleted), warns, and training goes on."""
+  workdir = str(tmp_path)
+  _fit(ToyTask(), _config(num_steps=8), workdir, steps_per_epoch=100)
+  _damage(os.path.join(workdir, "checkpoints", "8"), how)
+  capsys.readouterr()
+  result = _fit(ToyTask(), _config(num_steps=12), workdir, steps_per_epoch=100)
+  err = capsys.readouterr().err
+  assert result.step == 12
+  assert "warning:" in err and os.path.join("checkpoints", "8") in err and "damaged" in err, err
+  moved = os.listdir(os.path.join(workdir, ckpt_lib.DAMAGED_DIR))
+  assert len(moved) == 1 and moved[0].startswith("8-")
+  # The resumed run restarted from step 4: steps 5..12 were trained again (and 8 rewritten intact).
+  _, meta = _params(workdir, 8)
+  assert meta["step"] == 8 and ckpt_lib.DIGEST in meta
+
+
+def test_no_intact_checkpoint_is_one_error_naming_the_directory(tmp_path):
+  workdir = str(tmp_path)
+  _fit(ToyTask(), _config(num_steps=8), workdir, steps_per_epoch=100)
+  for step in ("4", "8"):
+    _damage(os.path.join(workdir, "checkpoints", step), "deleted_metadata")
+  with pytest.raises(ckpt_lib.NoIntactCheckpoint, match=r"no intact checkpoint in .*checkpoints"):
+    _fit(ToyTask(), _config(num_steps=12), workdir, steps_per_epoch=100)
+
+
+class _WideNet(nn.Module):
+  @nn.compact
+  def __call__(self, x, train):
+    x = nn.Dense(32)(x)
+    x = nn.BatchNorm(use_running_average=not train, momentum=0.9)(x)
+    return nn.Dense(1)(nn.relu(x))[..., 0]
+
+
+def test_checkpoint_of_another_model_is_refused_and_left_in_place(tmp_path):
+  workdir = str(tmp_path)
+  _fit(ToyTask(), _config(num_steps=4), workdir, steps_per_epoch=100)
+  before = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
+  wide = ToyTask()
+  wide.net = _WideNet()
+  with pytest.raises(ckpt_lib.CheckpointMismatch, match=r"different model \(.*\(16,\) float32 there and \(32,\) float32"):
+    _fit(wide, _config(num_steps=8), workdir, steps_per_epoch=100)
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before
+  assert not os.path.exists(os.path.join(workdir, ckpt_lib.DAMAGED_DIR))
+
+
+def test_nan_learning_rate_stops_before_any_nan_is_saved(tmp_path):
+  """Loss and gradients stay finite with a NaN learning rate; the updated state does not. The guard sees
+  it at the first step, and nothing non-finite reaches a checkpoint."""
+  with pytest.raises(trainer.TrainingStopped, match="step 1.*updated state"):
+    _fit(ToyTask(), _config(num_steps=4, optim=ml_collections.ConfigDict(dict(
+        learning_rate=float("nan"), weight_decay=1e-4, grad_clip_norm=0.0, lr_factor=0.5, lr_patience=5,
+        stop_patience=10))), str(tmp_path), steps_per_epoch=100)
+  assert not os.path.exists(os.path.join(str(tmp_path), "checkpoints")) or not os.listdir(
+      os.path.join(str(tmp_path), "checkpoints"))

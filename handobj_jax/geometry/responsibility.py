@@ -20,6 +20,12 @@ the model with the smaller distance gets the larger share:
 
 Shapes: B batch, K neighbour offsets, N hands, V hand vertices, H, W image.
 All functions accept any leading batch shape and are jit/vmap-safe float32.
+
+Degenerate input stays finite: a non-finite flow value counts as no motion
+(0) and flow components are clamped to +-MAX_FLOW_PX (far beyond any image),
+so distances, exponentials and their gradients never overflow; a non-finite
+responsibility given to `pseudo_labels` counts as 0 and is flagged in its
+`finite` output.
 """
 from __future__ import annotations
 
@@ -36,12 +42,25 @@ from handobj_jax.geometry.homography import projected_pixel_grid
 Array = jax.Array
 
 
+MAX_FLOW_PX = 1e4  # |dx|, |dy| beyond this are clamped (squares stay far from float32's range).
+
+
 def _check_flow(flow: Array, name: str = "flow") -> Array:
   flow = jnp.asarray(flow, jnp.float32)
   if flow.ndim < 3 or flow.shape[-1] != 2:
     raise ValueError(f"{name} must be [..., H, W, 2] (dx, dy); got "
                      f"{flow.shape}")
   return flow
+
+
+def _finite_flow(x: Array) -> Array:
+  """Flow values with non-finite ones set to 0 and clamped to +-MAX_FLOW_PX.
+
+  Applied where the flow is read (per-offset planes inside the fused pixel
+  pass, sampled values at the vertices), so it fuses into those loops
+  instead of costing a pass over the whole flow.
+  """
+  return jnp.clip(jnp.where(jnp.isfinite(x), x, 0.0), -MAX_FLOW_PX, MAX_FLOW_PX)
 
 
 def _plane_distance(ox: Array, oy: Array, h: Array) -> Array:
@@ -142,7 +161,7 @@ def _averaged_hand_planes(flow: Array, homographies: Array, ok: Array,
   share_fn = _two_hand_shares if n_hands == 2 else _offset_shares
 
   def packed(flow, homographies, ok, weights):
-    shares = [share_fn(flow[..., k, :, :, 0], flow[..., k, :, :, 1],
+    shares = [share_fn(_finite_flow(flow[..., k, :, :, 0]), _finite_flow(flow[..., k, :, :, 1]),
                        homographies[..., k, :, :, :], ok[..., k, :], inv_t)
               for k in range(num_k)]
     outs = []
@@ -194,7 +213,7 @@ def hand_distance(flow: Array, h_k: Array) -> Array:
   h_k = jnp.asarray(h_k, jnp.float32)
   if h_k.shape[-2:] != (3, 3):
     raise ValueError(f"h_k must be [..., 3, 3]; got {h_k.shape}")
-  return _plane_distance(flow[..., 0], flow[..., 1], h_k)
+  return _plane_distance(_finite_flow(flow[..., 0]), _finite_flow(flow[..., 1]), h_k)
 
 
 def responsibility(
@@ -222,8 +241,8 @@ def responsibility(
   if not temperature > 0:
     raise ValueError(f"temperature must be > 0; got {temperature}")
   hand_valid = jnp.asarray(hand_valid, bool)
-  planes = _offset_shares(flow[..., 0], flow[..., 1], homographies,
-                          hand_valid, 1.0 / float(temperature))
+  planes = _offset_shares(_finite_flow(flow[..., 0]), _finite_flow(flow[..., 1]),
+                          homographies, hand_valid, 1.0 / float(temperature))
   return _with_background(planes)
 
 
@@ -353,7 +372,7 @@ def clip_responsibility(
   if vertices_nbr is None:
     flat_v = vertices_t.reshape(vertices_t.shape[:-3] + (1, n_hands * n_verts,
                                                          2))
-    sampled = bilinear_sample(flow, flat_v)  # [..., K, N*V, 2]
+    sampled = _finite_flow(bilinear_sample(flow, flat_v))  # [..., K, N*V, 2]
     dst = src + sampled.reshape(sampled.shape[:-2] + (n_hands, n_verts, 2))
   else:
     dst = jnp.asarray(vertices_nbr, jnp.float32)
@@ -395,11 +414,14 @@ def pseudo_labels(
       responsibility exceeds it and it is not person.
 
   Returns:
-    dict with hand_resp [..., N, H, W] float32 (per-hand targets),
+    dict with hand_resp [..., N, H, W] float32 (per-hand targets in [0, 1]),
     object_mask, person_mask and background_mask [..., H, W] bool, where
-    background = not (object or person).
+    background = not (object or person), and finite [..., H, W] bool: False
+    where `resp` held a non-finite value (counted as 0 there).
   """
   resp = jnp.asarray(resp, jnp.float32)
+  finite = jnp.all(jnp.isfinite(resp), axis=-1)
+  resp = jnp.clip(jnp.where(jnp.isfinite(resp), resp, 0.0), 0.0, 1.0)
   person = jnp.asarray(person_mask, bool)
   if person.shape != resp.shape[:-1]:
     raise ValueError(f"person_mask {person.shape} must match resp "
@@ -407,4 +429,4 @@ def pseudo_labels(
   hand_resp = jnp.moveaxis(resp[..., 1:], -1, -3)
   obj = (jnp.sum(resp[..., 1:], axis=-1) > object_threshold) & ~person
   return dict(hand_resp=hand_resp, object_mask=obj, person_mask=person,
-              background_mask=~(obj | person))
+              background_mask=~(obj | person), finite=finite)

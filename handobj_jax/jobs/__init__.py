@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib
 from typing import Any, Callable
 
+from handobj_jax import errors
+
 JobFn = Callable[[Any, str], Any]
 
 # name -> "module:function". Every function takes (config, workdir).
@@ -25,12 +27,16 @@ class UnknownJobError(ValueError):
   pass
 
 
-class JobInputError(ValueError):
+class JobInputError(errors.InputError):
   """A job's input is unusable (missing data dir, unreadable file...): reported as one line."""
 
 
-def get_job(name: str) -> JobFn:
+def check_name(name: str) -> None:
   if name not in JOBS:
     raise UnknownJobError(f"unknown job {name!r} in config.job; known jobs: {', '.join(sorted(JOBS))}")
+
+
+def get_job(name: str) -> JobFn:
+  check_name(name)
   module_name, fn_name = JOBS[name].split(":")
   return getattr(importlib.import_module(module_name), fn_name)

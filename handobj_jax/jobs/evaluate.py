@@ -16,8 +16,8 @@ It reads the same config as the training run of that workdir (only `job` changes
   5. `<workdir>/eval/report.md` + `report.json` (Tables 1 and 2 shaped, both IoU statistics, thresholds,
      split sizes) and `<workdir>/eval/figures/*.png` (Fig. 3 panels of the first test images).
 
-Settings: `config.eval` when the config has that block, else `default_settings(config)` (the defaults
-below, printed at start). Keys: fit_split, test_split, fit_task, fit_statistic, max_images (0 = all),
+Settings: `config.eval` when the config has that block, else the defaults of `config_lib.cohesiv_eval`
+(logged at start). Keys: fit_split, test_split, fit_task, fit_statistic, max_images (0 = all),
 batch_size, num_figures, saliency_width, center_threshold, nms_radius, max_peaks, match_distance,
 detections_file ('' = ground-truth boxes for Supervised Bounding Box; else a JSON of
 `baselines.boxes_from_detections_file` keyed 'split/clip_id/frame'), extra_checkpoints ('' or
@@ -38,9 +38,12 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
-import tensorflow_datasets as tfds
+from absl import logging
 
+from handobj_jax import config_lib
+from handobj_jax import console
 from handobj_jax import jobs
+from handobj_jax import preemption
 from handobj_jax.evaluation import baselines
 from handobj_jax.evaluation import cohesiv_eval
 from handobj_jax.evaluation import figures
@@ -50,29 +53,10 @@ from handobj_jax.models import cohesiv
 CONFIG_JSON = "config.json"
 
 
-def default_settings(config) -> ml_collections.ConfigDict:
-  s = ml_collections.ConfigDict()
-  s.fit_split = "validation"
-  s.test_split = "test"
-  s.fit_task = "pair"
-  s.fit_statistic = "pooled"
-  s.max_images = 0
-  s.batch_size = int(config.batch_size)
-  s.num_figures = 8
-  s.saliency_width = 64
-  s.center_threshold = 0.1     # The :cpu head peaks at ~0.2 (target Gaussians peak at 1).
-  s.nms_radius = 0           # 0: max(2, min(H, W) // 16) pixels.
-  s.max_peaks = 4
-  s.match_distance = 0.0     # 0: 2 x the NMS radius.
-  s.detections_file = ""
-  s.extra_checkpoints = ""
-  s.refit = False
-  return s
-
-
 def settings_of(config) -> ml_collections.ConfigDict:
-  """`config.eval` if the config has one (missing keys filled from the defaults), else the defaults."""
-  s = default_settings(config)
+  """`config.eval` if the config has one (missing keys filled from the defaults), else the defaults
+  (`config_lib.cohesiv_eval`: a workdir trained before the eval block existed)."""
+  s = config_lib.cohesiv_eval(int(config.batch_size))
   if "eval" in config:
     unknown = sorted(set(config.eval.keys()) - set(s.keys()))
     if unknown:
@@ -196,10 +180,11 @@ def ensure_inference_stats(model: LoadedModel, config, workdir: str, builder) ->
       return cohesiv_eval.load_inference_stats(path)
     except ValueError as e:
       raise jobs.JobInputError(str(e)) from None
-  print(f"{path} not found: computing the mean embeddings from the training split", flush=True)
+  console.say(f"{path} not found: computing the mean embeddings from the training split")
   host_bs = pipeline.host_batch_size(config.batch_size, model.mesh)
   ds = pipeline.load_split(builder, "train").map(train_job.select_fields)
-  batches = pipeline.global_batches(pipeline.eval_dataset(ds, batch_size=host_bs), model.mesh)
+  batches = pipeline.global_batches(pipeline.eval_dataset(ds, batch_size=host_bs), model.mesh,
+                                    source=train_job.data_source(builder, "train"))
   stats = train_job.inference_stats(model.task, model.state, model.mesh, batches,
                                     config.inference_stats.min_pixels, config.inference_stats.min_images)
   stats["checkpoint_step"] = np.int64(model.step)
@@ -225,13 +210,19 @@ def peak_settings(s, height: int, width: int) -> tuple[int, float]:
 def build_records(model: LoadedModel, builder, split: str, stats, s, detections=None,
                   num_figures: int = 0) -> SplitData:
   """Runs the model over `split` and builds one `ImageRecord` per image (see cohesiv_eval)."""
+  from handobj_jax.jobs import train as train_job  # pylint: disable=g-import-not-at-top
   from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
 
   ds = pipeline.load_split(builder, split)
+  total = builder.info.splits[split].num_examples
   if s.max_images:
     ds = ds.take(int(s.max_images))
+    total = min(total, int(s.max_images))
   records, figs = [], []
-  for batch in tfds.as_numpy(pipeline.eval_dataset(ds, batch_size=int(s.batch_size))):
+  meter = console.Progress(total, f"eval {split}", unit="image")
+  for batch in pipeline.numpy_batches(pipeline.eval_dataset(ds, batch_size=int(s.batch_size)),
+                                      train_job.data_source(builder, split)):
+    preemption.check(f"while evaluating {split} (nothing written yet; rerun the same command)")
     keep = np.asarray(batch[pipeline.MASK_KEY], bool)
     images = batch["image"].astype(np.float32) / 255.0
     out = model.forward(images, batch["query_point"])
@@ -266,6 +257,8 @@ def build_records(model: LoadedModel, builder, split: str, stats, s, detections=
                      "query_valid": np.asarray(batch["query_valid"][b], bool), "id": image_id,
                      "attention": out["attention"][b], "objectness": obj_sim[b],
                      "person_sim": person_sim[b]})
+    meter.advance(int(keep.sum()))
+  meter.close()
   return SplitData(records, figs)
 
 
@@ -310,8 +303,8 @@ def fit_and_score(val_records, test_records, method_keys, s, stored: dict | None
         params, value = cohesiv_eval.fit_thresholds(m, val_ex, s.fit_task, s.fit_statistic)
         th = {"label": m.label, "params": params, "val_value": value, "fit_task": s.fit_task,
               "fit_statistic": s.fit_statistic, "grid": grid_signature(m), "checkpoint_step": step}
-        print(f"  fitted {m.label}: {params} (validation {s.fit_statistic} {s.fit_task} IoU "
-              f"{value:.4f}, {time.time() - t0:.1f} s)", flush=True)
+        console.say(f"  fitted {m.label}: {params} (validation {s.fit_statistic} {s.fit_task} IoU "
+                    f"{value:.4f}, {time.time() - t0:.1f} s)")
     thresholds[key] = th
     results[key] = cohesiv_eval.score(m, test_ex, th["params"])
   return thresholds, results
@@ -341,7 +334,7 @@ def run(config, workdir: str) -> dict[str, Any]:
   from handobj_jax.jobs import train as train_job  # pylint: disable=g-import-not-at-top
 
   s = settings_of(config)
-  print("eval settings: " + ", ".join(f"{k}={v!r}" for k, v in sorted(s.items())), flush=True)
+  logging.info("eval settings: %s", ", ".join(f"{k}={v!r}" for k, v in sorted(s.items())))
   detections = None
   if s.detections_file:
     try:
@@ -357,8 +350,8 @@ def run(config, workdir: str) -> dict[str, Any]:
   t0 = time.time()
   val = build_records(model, builder, s.fit_split, stats, s, detections)
   test = build_records(model, builder, s.test_split, stats, s, detections, num_figures=int(s.num_figures))
-  print(f"forward passes: {len(val.records)} {s.fit_split} + {len(test.records)} {s.test_split} images "
-        f"({time.time() - t0:.1f} s)", flush=True)
+  console.say(f"forward passes: {len(val.records)} {s.fit_split} + {len(test.records)} {s.test_split} "
+              f"images ({time.time() - t0:.1f} s)")
 
   th_path = os.path.join(workdir, cohesiv_eval.THRESHOLDS_FILE)
   stored = None
@@ -366,7 +359,7 @@ def run(config, workdir: str) -> dict[str, Any]:
     try:
       stored = cohesiv_eval.load_thresholds(th_path)["methods"]
     except ValueError as e:
-      print(f"ignoring {th_path}: {e}", flush=True)
+      console.warn(f"ignoring {th_path}: {e}")
   keys = list(dict.fromkeys(cohesiv_eval.TABLE1 + cohesiv_eval.TABLE2))
   has_center = all(r.pred_match is not None for r in val.records + test.records)
   if not has_center:
@@ -422,9 +415,10 @@ def run(config, workdir: str) -> dict[str, Any]:
   md_path, json_path = cohesiv_eval.write_report(out_dir, report)
   fig_paths = write_figures(os.path.join(out_dir, "figures"), test.figure_inputs,
                             thresholds["cohesiv"]["params"])
-  print(open(md_path).read(), flush=True)
-  print(f"wrote {md_path}, {json_path}, {th_path} and {len(fig_paths)} figures in "
-        f"{os.path.join(out_dir, 'figures')}", flush=True)
+  with open(md_path) as f:
+    console.say(f.read().rstrip())
+  console.say(f"wrote {md_path}, {json_path}, {th_path} and {len(fig_paths)} figures in "
+              f"{os.path.join(out_dir, 'figures')}")
   return {"report": report, "report_md": md_path, "report_json": json_path, "thresholds": th_path,
           "figures": fig_paths}
 

@@ -12,6 +12,7 @@ import jax
 import numpy as np
 from absl import logging
 
+from handobj_jax import console
 from handobj_jax import jobs
 from input_pipeline import datasets
 from input_pipeline import pipeline
@@ -19,10 +20,7 @@ from input_pipeline import viz
 
 
 def run(config, workdir: str) -> dict[str, tuple[int, ...]]:
-  try:
-    builder = datasets.get_builder(config.data)
-  except pipeline.DataError as e:
-    raise jobs.JobInputError(str(e)) from None
+  builder = datasets.get_builder(config.data)
   mesh = pipeline.make_data_mesh()
   host_bs = pipeline.host_batch_size(config.batch_size, mesh)
   ds = pipeline.train_dataset(pipeline.load_split(builder, "train"), batch_size=host_bs,
@@ -38,8 +36,8 @@ def run(config, workdir: str) -> dict[str, tuple[int, ...]]:
     path = os.path.join(out_dir, "contact_sheet.png")
     viz.write_png(path, viz.contact_sheet(clip))
     logging.info("wrote %s", path)
-    print(f"dataset {builder.info.full_name} at {builder.data_dir}: "
-          f"{ {s: builder.info.splits[s].num_examples for s in builder.info.splits} }")
-    print(f"one global batch of {config.batch_size} clips over {mesh.devices.size} device(s); "
-          f"frames {shapes['frames']}; contact sheet: {path}")
+  console.say(f"dataset {builder.info.full_name} at {builder.data_dir}: "
+              f"{ {s: builder.info.splits[s].num_examples for s in builder.info.splits} }")
+  console.say(f"one global batch of {config.batch_size} clips over {mesh.devices.size} device(s); "
+              f"frames {shapes['frames']}; contact sheet: {os.path.join(out_dir, 'contact_sheet.png')}")
   return shapes

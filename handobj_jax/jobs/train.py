@@ -3,7 +3,7 @@
   python -m handobj_jax.main --config=configs/cohesiv.py[:variant] --workdir=DIR
 
 Steps:
-  1. Data: `cohesiv_examples.ensure_pseudolabelled(config, data_dir)` builds (first use, resumable) or opens
+  1. Data: `jobs.pseudolabel.ensure_pseudolabelled(config, data_dir)` builds (first use, resumable) or opens
      the pseudo-labelled examples of `config.data` (see notes: one example = one middle frame).
   2. tf.data: training = the train split, cached, shuffled with `config.seed`, the configured train
      preprocessing (decode; flips happen in the step), batched per host, made global and sharded on the batch
@@ -33,7 +33,9 @@ import jax
 import numpy as np
 import tensorflow as tf
 
+from handobj_jax import console
 from handobj_jax import jobs
+from handobj_jax import preemption
 from handobj_jax.tasks import cohesiv_task
 from handobj_jax.train import checkpoint as ckpt_lib
 from handobj_jax.train import trainer
@@ -59,15 +61,51 @@ CONFIG_FILE = "config.json"
 
 def run(config, workdir: str) -> dict[str, Any]:
   os.makedirs(workdir, exist_ok=True)
-  if jax.process_index() == 0:
-    # The model config travels with the checkpoints: `eval` and `predict` rebuild the network from it.
-    with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
+  write_config(config, workdir)
   return train_and_evaluate(config, workdir, open_pseudolabelled(config))
 
 
+def _has_checkpoints(workdir: str) -> bool:
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  return os.path.isdir(ckpt_dir) and any(d.isdigit() for d in os.listdir(ckpt_dir))
+
+
+def write_config(config, workdir: str, keys: tuple[str, ...] = ("model",)) -> str:
+  """Writes `<workdir>/config.json` (eval and predict rebuild the network from it), after checking that a
+  workdir which already holds checkpoints was trained with the same `keys` blocks: a different model config
+  is refused before anything is overwritten."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  new = json.loads(config.to_json_best_effort())
+  if os.path.isfile(path) and _has_checkpoints(workdir):
+    try:
+      with open(path) as f:
+        old = json.load(f)
+    except (OSError, ValueError) as e:
+      raise jobs.JobInputError(f"{path} is unreadable ({e}) but {workdir}/checkpoints exists: restore the "
+                               "file or use another --workdir") from None
+    for key in keys:
+      if old.get(key) != new.get(key):
+        diff = _first_difference(old.get(key), new.get(key), key)
+        raise jobs.JobInputError(f"{workdir} holds checkpoints of a different config ({diff}); use another "
+                                 "--workdir, or the config it was trained with")
+  if jax.process_index() == 0:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+    os.replace(tmp, path)
+  return path
+
+
+def _first_difference(old: Any, new: Any, prefix: str) -> str:
+  if isinstance(old, dict) and isinstance(new, dict):
+    for k in sorted(set(old) | set(new)):
+      if old.get(k) != new.get(k):
+        return _first_difference(old.get(k), new.get(k), f"{prefix}.{k}")
+  return f"config.{prefix}: {old!r} there, {new!r} now"
+
+
 def open_pseudolabelled(config):
-  """The pseudo-labelled TFDS builder for `config.data` (built on first use); bad input -> JobInputError."""
+  """The pseudo-labelled TFDS builder for `config.data` (built on first use); bad input -> an InputError."""
   name = config.data.name
   if name in REAL_DATASETS and not config.data.manual_dir:
     raise jobs.JobInputError(
@@ -76,13 +114,18 @@ def open_pseudolabelled(config):
         "--config.data.manual_dir=DIR (note: the real-video builders are future work; the synthetic "
         "world, config.data.name='synthetic_handobj', works out of the box)")
   try:
-    data_dir = pipeline.resolve_data_dir(config.data.data_dir)
-    from input_pipeline import cohesiv_examples  # pylint: disable=g-import-not-at-top
-    return cohesiv_examples.ensure_pseudolabelled(config, data_dir)
+    from handobj_jax.jobs import pseudolabel  # pylint: disable=g-import-not-at-top
+    return pseudolabel.ensure_pseudolabelled(config, pipeline.resolve_data_dir(config.data.data_dir))
   except pipeline.DataError as e:
     extra = (f" (the {REAL_DATASETS[name]} builder reading config.data.manual_dir is future work)"
              if name in REAL_DATASETS else "")
     raise jobs.JobInputError(f"{e}{extra}") from None
+
+
+def data_source(builder, split: str) -> pipeline.DataSource:
+  """Names the damaged file (and how to rebuild it) if reading `split` of the pseudo-labels fails."""
+  from input_pipeline import cohesiv_examples  # pylint: disable=g-import-not-at-top
+  return pipeline.DataSource(builder, split, cohesiv_examples.rebuild_hint(os.fspath(builder.data_dir)))
 
 
 def select_fields(example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
@@ -122,39 +165,40 @@ def train_and_evaluate(config, workdir: str, builder) -> dict[str, Any]:
     ds = pipeline.train_dataset(ds, batch_size=host_bs, seed=config.seed, preprocess=train_preprocess,
                                 shuffle_buffer=config.data.shuffle_buffer, start_step=start_step,
                                 cache=config.data.cache)
-    return pipeline.global_batches(ds, mesh)
+    return pipeline.global_batches(ds, mesh, source=data_source(builder, "train"))
 
   def eval_batches(split: str = "validation"):
     ds = pipeline.load_split(builder, split).map(select_fields)
-    return pipeline.global_batches(pipeline.eval_dataset(ds, batch_size=host_bs), mesh)
+    return pipeline.global_batches(pipeline.eval_dataset(ds, batch_size=host_bs), mesh,
+                                   source=data_source(builder, split))
 
   example_batch = next(eval_batches())
   task = cohesiv_task.CohesivTask(config)
-  print(f"training {config.model.encoder} COHESIV on {builder.info.full_name}: {num_train} train "
-        f"examples, {steps_per_epoch} steps/epoch, global batch {config.batch_size} over "
-        f"{mesh.devices.size} device(s)", flush=True)
+  console.say(f"training {config.model.encoder} COHESIV on {builder.info.full_name}: {num_train} train "
+              f"examples, {steps_per_epoch} steps/epoch, global batch {config.batch_size} over "
+              f"{mesh.devices.size} device(s)")
   result = trainer.fit(task, config, workdir, mesh=mesh, train_batches=train_batches,
                        eval_batches=eval_batches, steps_per_epoch=steps_per_epoch,
                        example_batch=example_batch)
   if result.preempted:
-    print(f"preempted at step {result.step}; rerun the same command to resume", flush=True)
-    return {"fit": result, "val_metrics": dict(result.val_metrics), "stats": None, "stats_path": None,
-            "steps_per_epoch": steps_per_epoch}
+    raise preemption.StopRequested(preemption.requested() or 15, f"at step {result.step} (checkpoint saved)")
 
   state, ckpt_step = restore_state(task, config, workdir, mesh, example_batch)
   val_metrics = dict(result.val_metrics)
   if not val_metrics:  # No epoch ended (e.g. a few-step smoke run): evaluate the last state now.
     last, _ = restore_state(task, config, workdir, mesh, example_batch, best=False)
     val_metrics, _ = trainer.evaluate(trainer.make_eval_step(task, mesh), last, eval_batches())
-  print(f"final validation losses (step {result.step}, epoch {result.epoch}): " +
-        ", ".join(f"{k} {v:.4f}" for k, v in sorted(val_metrics.items())), flush=True)
+  console.say(f"final validation losses (step {result.step}, epoch {result.epoch}): " +
+              ", ".join(f"{k} {v:.4f}" for k, v in sorted(val_metrics.items())))
 
   stats = inference_stats(task, state, mesh, eval_batches("train"), config.inference_stats.min_pixels,
                           config.inference_stats.min_images)
   stats["checkpoint_step"] = np.int64(ckpt_step)
   path = save_inference_stats(workdir, stats)
-  print(f"inference statistics (checkpoint step {ckpt_step}, {int(stats['num_images'])} images, "
-        f"pixels person/object/background {stats['pixel_counts'].tolist()}): {path}", flush=True)
+  console.say(f"inference statistics (checkpoint step {ckpt_step}, {int(stats['num_images'])} images, "
+              f"pixels person/object/background {stats['pixel_counts'].tolist()}): {path}")
+  console.say(f"outputs in {workdir}: checkpoints/, tensorboard/, images/, {CONFIG_FILE}, {STATS_FILE}, "
+              f"{console.LOG_FILE}")
   return {"fit": result, "val_metrics": val_metrics, "stats": stats, "stats_path": path,
           "steps_per_epoch": steps_per_epoch}
 
@@ -166,8 +210,8 @@ def restore_state(task, config, workdir: str, mesh, example_batch, best: bool = 
   try:
     step = (checkpointer.best_step() if best else None) or checkpointer.latest_step()
     if step is None:
-      raise jobs.JobInputError(f"no checkpoint in {checkpointer.directory} after training")
-    state, _ = checkpointer.restore(step, abstract)
+      raise jobs.JobInputError(f"no checkpoint in {checkpointer.directory}")
+    state, _, step = checkpointer.restore(step, abstract)
   finally:
     checkpointer.close()
   return state, step
@@ -182,6 +226,7 @@ def inference_stats(task: cohesiv_task.CohesivTask, state, mesh, batches, min_pi
   sums = counts = None
   images = 0
   for batch in batches:
+    preemption.check("while computing the inference statistics (training is finished and checkpointed)")
     out = jax.device_get(sums_fn(variables, batch))  # Blocks each step (see tests/conftest.py).
     sums = out["sums"].astype(np.float64) + (0 if sums is None else sums)
     counts = out["counts"].astype(np.float64) + (0 if counts is None else counts)
@@ -192,8 +237,8 @@ def inference_stats(task: cohesiv_task.CohesivTask, state, mesh, batches, min_pi
     raise jobs.JobInputError("the train split is empty: no inference statistics")
   for k, name in enumerate(STATS_ORDER[:2]):
     if counts[k] < min_pixels:
-      print(f"warning: only {int(counts[k])} '{name}' pseudo-label pixels in the whole train split "
-            f"(wanted >= {min_pixels}); its mean embedding is noisy", flush=True)
+      console.warn(f"only {int(counts[k])} '{name}' pseudo-label pixels in the whole train split "
+                   f"(wanted >= {min_pixels}); its mean embedding is noisy")
   means = sums / np.maximum(counts, 1.0)[:, None]
   out = {f"{name}_embedding": means[k].astype(np.float32) for k, name in enumerate(STATS_ORDER)}
   out.update(pixel_counts=counts.astype(np.int64), num_images=np.int64(images),

@@ -43,6 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from handobj_jax import errors
 from handobj_jax.geometry import rotation
 
 NUM_VERTS = 778
@@ -389,8 +390,16 @@ class RestrictedMANOUnpickler(pickle.Unpickler):
         "contain numpy arrays, scipy.sparse matrices and chumpy arrays")
 
 
-def _missing_file_error(path: str) -> FileNotFoundError:
-  return FileNotFoundError(
+class ManoFileError(errors.InputError):
+  """A MANO file that cannot be used (unreadable, truncated, wrong layout, refused content); names the file."""
+
+
+class ManoFileNotFound(ManoFileError, FileNotFoundError):
+  """The MANO file does not exist (the message says how to get it)."""
+
+
+def _missing_file_error(path: str) -> ManoFileNotFound:
+  return ManoFileNotFound(
       f"MANO model file not found: {path!r}. MANO is licence-gated and cannot "
       "be downloaded automatically: register at https://mano.is.tue.mpg.de, "
       "download 'Models & Code', and put MANO_RIGHT.pkl / MANO_LEFT.pkl in "
@@ -467,6 +476,19 @@ def load_mano(path: str | None, side: str = "right") -> ManoModel:
     path = os.path.join(path, f"MANO_{side.upper()}.pkl")
   if not os.path.exists(path):
     raise _missing_file_error(path)
+  try:
+    return _load_file(path, side)
+  except ManoFileError:
+    raise
+  except (Exception, RecursionError) as e:  # pylint: disable=broad-except  (pickle/zip/numpy/IndexError...)
+    text = str(e).strip().splitlines()
+    first = text[0] if text else ""
+    first = first.replace(f"{path}: ", "")
+    raise ManoFileError(f"{path}: not a usable MANO model file ({type(e).__name__}: {first}); download it "
+                        "again from the MANO website, or convert it with scripts/convert_mano.py") from e
+
+
+def _load_file(path: str, side: str) -> ManoModel:
   base = os.path.basename(path).upper()
   if path.endswith(".npz"):
     with np.load(path, allow_pickle=False) as z:

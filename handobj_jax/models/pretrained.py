@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from handobj_jax import errors
 from handobj_jax.models import encoders as encoders_lib
 
 _BLOCK_RE = re.compile(r"^layer(\d+)\.(\d+)\.(.+)$")
@@ -267,12 +268,33 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
                    ".bin, .safetensors or .npz")
 
 
+def check_finite(state: Mapping[str, np.ndarray], path: str) -> None:
+  """Raises ValueError naming the first tensor of `state` with a NaN or inf."""
+  for key, value in state.items():
+    arr = np.asarray(value)
+    if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+      bad = int(np.size(arr) - np.isfinite(arr).sum())
+      raise ValueError(f"{path}: tensor {key!r} holds {bad} NaN/inf value(s)")
+
+
 def load_pretrained(path: str | os.PathLike,
                     arch: str | encoders_lib.ResNetEncoder,
                     classifier: str = "ignore") -> dict[str, Any]:
-  """Reads a weights file and converts it (see `convert_torch_state_dict`)."""
-  return convert_torch_state_dict(read_state_dict(path), arch,
-                                  classifier=classifier)
+  """Reads a weights file, checks that it is finite and converts it (see `convert_torch_state_dict`).
+
+  Any problem (missing, unreadable or truncated file, NaN/inf values, names or shapes that do not fit the
+  encoder) is an `errors.InputError` naming the file.
+  """
+  path = os.fspath(path)
+  try:
+    state = read_state_dict(path)
+    check_finite(state, path)
+    return convert_torch_state_dict(state, arch, classifier=classifier)
+  except Exception as e:  # pylint: disable=broad-except  (torch/numpy/zip errors of damaged files too)
+    text = str(e).strip().splitlines()
+    first = text[0] if text else type(e).__name__
+    where = "" if path in first else f"{path}: "
+    raise errors.InputError(f"pretrained weights (config.model.pretrained): {where}{first}") from None
 
 
 def merge_into(variables: Mapping[str, Any], encoder_vars: Mapping[str, Any],

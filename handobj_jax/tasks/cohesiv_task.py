@@ -246,9 +246,10 @@ def flip_batch(batch: Batch, flip: jax.Array) -> Batch:
   """Mirrors the examples with `flip` [B] True horizontally (x -> W - 1 - x), all fields together.
 
   image [B,H,W,3] and the masks [B,H,W] are reversed along W, responsibility [B,N,H,W] along its last axis;
-  query points (x, y) -> (W - 1 - x, y) (pixel centres at integers); boxes [x0, y0, x1, y1] (x1 one past
-  the last column) -> [W - x1, y0, W - x0, y1]. All-zero points / boxes (absent hands) stay zero, as in
-  `input_pipeline.cohesiv_examples.flip_example`. Other fields pass through unchanged.
+  query points (x, y) -> (W - 1 - x, y) (pixel centres at integers) where `query_valid` (the explicit
+  validity field: a coordinate value is never a marker; other points are left as stored); boxes [x0, y0,
+  x1, y1] (x1 one past the last column) -> [W - x1, y0, W - x0, y1], all of them (a flip keeps an empty
+  box, x1 <= x0, empty). As `input_pipeline.cohesiv_examples.flip_example`. Other fields pass through.
   """
   out = dict(batch)
   width = batch["image"].shape[2]
@@ -261,12 +262,11 @@ def flip_batch(batch: Batch, flip: jax.Array) -> Batch:
     out[key] = sel(batch[key], batch[key][:, :, ::-1])
   out["responsibility"] = sel(batch["responsibility"], batch["responsibility"][..., ::-1])
   qp = batch["query_point"]
-  qp_flipped = jnp.where(jnp.all(qp == 0, axis=-1, keepdims=True), qp,
-                         jnp.concatenate([(width - 1.0) - qp[..., :1], qp[..., 1:]], axis=-1))
+  qp_flipped = jnp.where(batch["query_valid"].astype(bool)[..., None],
+                         jnp.concatenate([(width - 1.0) - qp[..., :1], qp[..., 1:]], axis=-1), qp)
   out["query_point"] = sel(qp, qp_flipped)
   box = batch["hand_box"]
-  box_flipped = jnp.where(jnp.all(box == 0, axis=-1, keepdims=True), box,
-                          jnp.stack([width - box[..., 2], box[..., 1], width - box[..., 0], box[..., 3]], -1))
+  box_flipped = jnp.stack([width - box[..., 2], box[..., 1], width - box[..., 0], box[..., 3]], -1)
   out["hand_box"] = sel(box, box_flipped)
   return out
 

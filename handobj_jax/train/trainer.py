@@ -3,20 +3,17 @@
 A model plugs in as a `Task` (init, loss, optional visualisation and pretrained weights); the trainer owns
 everything else: the `('data',)` mesh (parameters replicated, batches sharded on the batch axis over every
 device of every host), one jitted step with the state donated, AdamW with reduce-on-plateau and early
-stopping per epoch, Orbax checkpoints with auto-resume (and a clean save on SIGTERM), NaN detection that stops
-with the step number and never checkpoints NaNs, TensorBoard scalars and images, PNG visualisations, and
-progress lines with rate and ETA. Given the same seed and data the run is deterministic, also across a
-kill and resume.
+stopping per epoch, Orbax checkpoints with auto-resume (a stop request from SIGTERM or Ctrl-C saves the
+current step first: `handobj_jax.preemption`), NaN detection (loss, gradients and the updated state) that
+stops with the step number and never checkpoints NaNs, TensorBoard scalars and images, PNG visualisations,
+and one progress line with rate and ETA (`handobj_jax.console`). Given the same seed and data the run is
+deterministic, also across a kill and resume.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
-import signal
-import threading
-import time
 from typing import Any, Callable, Iterator, Protocol
 
 import cv2
@@ -24,9 +21,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from absl import logging
 from clu import metric_writers
 
+from handobj_jax import console
+from handobj_jax import errors
+from handobj_jax import preemption
 from handobj_jax.train import checkpoint as ckpt_lib
 from handobj_jax.train import schedule as schedule_lib
 from handobj_jax.train.state import TrainState, make_optimizer
@@ -53,7 +52,7 @@ class Task(Protocol):
     """Named uint8 RGB images [H, W, 3] for summaries."""
 
 
-class TrainingStopped(RuntimeError):
+class TrainingStopped(errors.RunFailed):
   """A run that cannot continue (NaN loss): the message says where."""
 
 
@@ -86,8 +85,11 @@ def make_train_step(task: Task, mesh) -> Callable[[TrainState, Batch], tuple[Tra
       return task.loss_fn(params, state.batch_stats, batch, rng, True)
 
     (loss, (metrics, batch_stats)), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
-    finite = jnp.isfinite(loss) & _tree_all_finite(grads)
     new_state = state.apply_gradients(grads, batch_stats=batch_stats)
+    # The updated state is checked too: a NaN learning rate (or an optimiser blow-up) gives finite
+    # gradients but NaN parameters.
+    finite = (jnp.isfinite(loss) & _tree_all_finite(grads) &
+              _tree_all_finite((new_state.params, new_state.batch_stats, new_state.opt_state)))
     # A non-finite step leaves the state untouched; the host sees `finite` and stops the run.
     new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
     metrics = {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads),
@@ -139,25 +141,6 @@ def init_state(task: Task, config, mesh, example_batch: Batch) -> tuple[TrainSta
   return make, abstract
 
 
-class _Progress:
-  """Rate and ETA for log lines."""
-
-  def __init__(self, total_steps: int, start_step: int, batch_size: int):
-    self.total, self.batch_size = total_steps, batch_size
-    self.t0, self.s0 = time.time(), start_step
-
-  def line(self, step: int) -> str:
-    elapsed = max(time.time() - self.t0, 1e-9)
-    rate = (step - self.s0) / elapsed
-    eta = (self.total - step) / rate if rate > 0 else math.inf
-    eta_s = "?" if not math.isfinite(eta) else time.strftime("%H:%M:%S", time.gmtime(eta))
-    return (f"step {step}/{self.total} ({100.0 * step / max(self.total, 1):.1f}%) | {rate:.2f} steps/s, "
-            f"{rate * self.batch_size:.1f} ex/s | ETA {eta_s}")
-
-  def reset(self, step: int) -> None:
-    self.t0, self.s0 = time.time(), step
-
-
 def _local_numpy(tree: Any) -> Any:
   """This process's first addressable shard of every array, as NumPy."""
   return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)) if isinstance(x, jax.Array) else x, tree)
@@ -186,13 +169,23 @@ def evaluate(eval_step, state: TrainState, batches: Iterator[Batch]) -> tuple[di
 def fit(task: Task, config, workdir: str, *, mesh, train_batches: Callable[[int], Iterator[Batch]],
         eval_batches: Callable[[], Iterator[Batch]], steps_per_epoch: int,
         example_batch: Batch) -> FitResult:
-  """Trains `task` until `config.num_epochs` epochs, early stopping, or SIGTERM.
+  """Trains `task` until `config.num_epochs` epochs (or `config.num_steps`), early stopping, or a stop request.
 
   train_batches(start_step) yields global training batches starting at that step (deterministic replay);
   eval_batches() yields one pass over validation. Evaluation, the plateau schedule and a checkpoint with
   the validation loss happen at each epoch end; plain checkpoints every `config.checkpoint.every_steps`.
+  A stop request (SIGTERM, Ctrl-C; see `handobj_jax.preemption`) saves the current step and returns with
+  `preempted=True`.
   """
+  with preemption.stop_on_signals():
+    return _fit(task, config, workdir, mesh=mesh, train_batches=train_batches, eval_batches=eval_batches,
+                steps_per_epoch=steps_per_epoch, example_batch=example_batch)
+
+
+def _fit(task: Task, config, workdir: str, *, mesh, train_batches, eval_batches, steps_per_epoch: int,
+         example_batch: Batch) -> FitResult:
   total_steps = config.num_steps or config.num_epochs * steps_per_epoch
+  num_epochs = -(-total_steps // steps_per_epoch)
   checkpointer = ckpt_lib.Checkpointer(workdir, keep=config.checkpoint.keep)
   make_state, abstract = init_state(task, config, mesh, example_batch)
   state, meta = checkpointer.restore_or(abstract, make_state)
@@ -202,24 +195,20 @@ def fit(task: Task, config, workdir: str, *, mesh, train_batches: Callable[[int]
   state = state.with_learning_rate(plateau.learning_rate)
   start_step = int(jax.device_get(state.step))
   if meta:
-    logging.info("resumed from step %d (epoch %d)", start_step, meta["epoch"])
-    print(f"resumed from {checkpointer.directory} at step {start_step}", flush=True)
+    console.say(f"resumed from {checkpointer.directory} at step {start_step} (epoch {meta['epoch']})")
 
   writer = metric_writers.create_default_writer(
       os.path.join(workdir, "tensorboard"), just_logging=jax.process_index() > 0)
   train_step = make_train_step(task, mesh)
   eval_step = make_eval_step(task, mesh)
 
-  stop_requested = threading.Event()
-  previous_handler = None
-  if threading.current_thread() is threading.main_thread():
-    previous_handler = signal.signal(signal.SIGTERM, lambda *_: stop_requested.set())
-
   def meta_dict(step: int, val_loss: float | None) -> dict:
     return {"step": step, "epoch": step // steps_per_epoch, "plateau": plateau.to_dict(),
             "val_loss": val_loss, "task": type(task).__name__}
 
-  progress = _Progress(total_steps, start_step, config.batch_size)
+  progress = console.Progress(total_steps, "train", unit="step", start=start_step,
+                              per_unit=config.batch_size, every=config.log_every_steps,
+                              interval=float("inf"))
   val_metrics: dict[str, float] = {}
   val_loss = meta["val_loss"] if meta else None
   preempted = False
@@ -233,14 +222,12 @@ def fit(task: Task, config, workdir: str, *, mesh, train_batches: Callable[[int]
       metrics = jax.device_get(metrics)
       if not bool(metrics["finite"]):
         raise TrainingStopped(
-            f"non-finite loss ({float(metrics['loss'])}) or gradient at step {step}; the state was not "
-            f"updated and no checkpoint was written for it; last checkpoint: step "
+            f"non-finite loss ({float(metrics['loss'])}), gradient or updated state at step {step}; the "
+            f"state was not updated and no checkpoint was written for it; last checkpoint: step "
             f"{checkpointer.latest_step()}. Lower config.optim.learning_rate or check the data.")
+      progress.update(step, loss=f"{float(metrics['loss']):.4f}")
       if step % config.log_every_steps == 0 or step == total_steps:
-        scalars = {f"train/{k}": float(v) for k, v in metrics.items() if k != "finite"}
-        writer.write_scalars(step, scalars)
-        logging.info("%s | loss %.4f", progress.line(step), scalars["train/loss"])
-        print(f"{progress.line(step)} | loss {scalars['train/loss']:.4f}", flush=True)
+        writer.write_scalars(step, {f"train/{k}": float(v) for k, v in metrics.items() if k != "finite"})
 
       epoch_end = step % steps_per_epoch == 0
       if epoch_end:
@@ -250,10 +237,8 @@ def fit(task: Task, config, workdir: str, *, mesh, train_batches: Callable[[int]
         if action == "lr_cut":
           state = state.with_learning_rate(plateau.learning_rate)
         writer.write_scalars(step, {f"val/{k}": v for k, v in val_metrics.items()})
-        msg = (f"epoch {step // steps_per_epoch}: val loss {val_loss:.4f} ({action}; lr "
-               f"{plateau.learning_rate:.3g}; best {plateau.best:.4f})")
-        logging.info(msg)
-        print(msg, flush=True)
+        console.say(f"epoch {step // steps_per_epoch}/{num_epochs}: val loss {val_loss:.4f} ({action}; lr "
+                    f"{plateau.learning_rate:.3g}; best {plateau.best:.4f})")
         if jax.process_index() == 0:
           # Host copies only (this host's shard of the batch, one replica of the state), so that
           # visualisation never launches a multi-host computation from a single process.
@@ -264,22 +249,21 @@ def fit(task: Task, config, workdir: str, *, mesh, train_batches: Callable[[int]
             writer.write_images(step, {f"val/{k}": v[None] for k, v in images.items()})
             _write_pngs(os.path.join(workdir, "images"), step, images)
         checkpointer.save(step, state, meta_dict(step, val_loss), val_loss=val_loss)
-        progress.reset(step)
+        progress.reset_rate()
       elif step % config.checkpoint.every_steps == 0:
         checkpointer.save(step, state, meta_dict(step, None))
-      if stop_requested.is_set():
-        logging.warning("SIGTERM: saving step %d and exiting", step)
-        print(f"SIGTERM received: saved step {step}, exiting", flush=True)
+      if preemption.requested() is not None:
         if checkpointer.latest_step() != step:
           checkpointer.save(step, state, meta_dict(step, None))
+        progress.close()
+        console.say(f"stop requested: saved step {step} to {checkpointer.directory}")
         preempted = True
         break
     if not preempted and checkpointer.latest_step() != step:
       checkpointer.save(step, state, meta_dict(step, val_loss))
   finally:
+    progress.close()
     writer.flush()
-    if previous_handler is not None:
-      signal.signal(signal.SIGTERM, previous_handler)
     best = checkpointer.best_step()
     checkpointer.close()
   return FitResult(step=step, epoch=step // steps_per_epoch, val_loss=val_loss, val_metrics=val_metrics,
