@@ -305,7 +305,7 @@ def test_responsibility_quality_on_the_synthetic_world():
   world = cfg.world_config()
   mid = list(sw.MIDDLE_FRAMES)
   fn = jax.jit(lambda *a: pseudolabel_job.label_batch(*a, temperature=2.0, robust=True, robust_threshold=3.0,
-                                         object_threshold=0.5))
+                                                      object_threshold=0.5))
   obj, bg = [], []
   for i in range(8):
     clip = sw.generate_clip(world, tfds_synthetic.clip_seed(cfg, "validation", i))
