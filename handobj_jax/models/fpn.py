@@ -25,8 +25,9 @@ Choices, and where they follow the paper / standard FPN / the released code:
   * `smooth_p5=True` (default, standard FPN as in torchvision's
     `FeaturePyramidNetwork`): P5 also gets a 3x3 output conv. The released code
     uses M_5 directly as P5 (`smooth_p5=False`). P2 -- the only level the
-    pose network reads -- is the same function either way, the P5 conv only
-    adds 590,080 unused parameters to the P2 path.
+    pose network reads -- is the same function either way (the top-down path
+    starts from M_5); the P5 conv adds 590,080 parameters that the pose
+    network never uses.
   * Kernels: Flax LeCun-normal default for the FPN convs, zero biases
     (initialisation only; no weights of the released model are converted).
 
