@@ -79,6 +79,8 @@ def _base() -> ml_collections.ConfigDict:
   config.loss.center_sigma = 8.0   # px: Gaussian of the hand-centre target (2 x hand-box scale / ~10).
 
   config.optim = ml_collections.ConfigDict()
+  config.optim.name = "adamw"      # Sec. 4.1: AdamW; the learning rate follows a plateau schedule.
+  config.optim.schedule = "plateau"
   config.optim.learning_rate = 1e-2
   config.optim.weight_decay = 1e-2  # PyTorch AdamW's default (the paper uses AdamW, no value given).
   config.optim.grad_clip_norm = 0.0

@@ -297,3 +297,24 @@ def test_nan_learning_rate_stops_before_any_nan_is_saved(tmp_path):
         stop_patience=10))), str(tmp_path), steps_per_epoch=100)
   assert not os.path.exists(os.path.join(str(tmp_path), "checkpoints")) or not os.listdir(
       os.path.join(str(tmp_path), "checkpoints"))
+
+
+def test_step_decay_with_adam_and_resume(tmp_path):
+  """Semi-Hand-Object's setup (Adam, lr x decay_factor every decay_every_epochs) through the same trainer,
+  continued exactly after a resume."""
+  optim = ml_collections.ConfigDict(dict(name="adam", schedule="step", learning_rate=1e-2, weight_decay=0.0,
+                                         grad_clip_norm=0.0, decay_every_epochs=2, decay_factor=0.7))
+  workdir = str(tmp_path)
+  _fit(ToyTask(), _config(num_epochs=3, optim=optim), workdir, steps_per_epoch=5)
+  _, meta = _params(workdir, 15)
+  assert meta["schedule"]["kind"] == "step" and meta["schedule"]["epochs"] == 3
+  assert meta["schedule"]["learning_rate"] == pytest.approx(1e-2 * 0.7)
+  _fit(ToyTask(), _config(num_epochs=4, optim=optim), workdir, steps_per_epoch=5)
+  _, meta = _params(workdir, 20)
+  assert meta["schedule"]["epochs"] == 4
+  assert meta["schedule"]["learning_rate"] == pytest.approx(1e-2 * 0.7 ** 2)
+  s = schedule.StepDecay(learning_rate=1.0, every_epochs=10, factor=0.7)
+  actions = [s.update(1.0 / (i + 1)) for i in range(20)]
+  assert actions[9] == actions[19] == "lr_cut" and actions.count("lr_cut") == 2
+  assert s.learning_rate == pytest.approx(0.49) and not s.stopped
+  assert schedule.from_dict(s.to_dict()) == s

@@ -37,14 +37,27 @@ class TrainState:
 
 
 def make_optimizer(optim) -> optax.GradientTransformation:
-  """AdamW with an injectable learning rate (config.optim: learning_rate, weight_decay, grad_clip_norm)."""
-  adamw = optax.inject_hyperparams(optax.adamw)(learning_rate=optim.learning_rate,
-                                                weight_decay=optim.weight_decay)
-  if optim.grad_clip_norm:
-    # Keep inject_hyperparams' state outermost so `with_learning_rate` finds it: clip inside the chain.
-    return optax.inject_hyperparams(
-        lambda learning_rate, weight_decay: optax.chain(
-            optax.clip_by_global_norm(optim.grad_clip_norm),
-            optax.adamw(learning_rate=learning_rate, weight_decay=weight_decay)))(
-                learning_rate=optim.learning_rate, weight_decay=optim.weight_decay)
-  return adamw
+  """The optimiser `config.optim` names, with an injectable learning rate (the schedule sets it per epoch).
+
+  config.optim: name 'adamw' (decoupled weight decay, COHESIV) or 'adam' (Semi-Hand-Object; a non-zero
+  weight_decay is added to the gradient as an L2 term, as PyTorch's Adam does), learning_rate, weight_decay,
+  grad_clip_norm (0 = off; applied first). `inject_hyperparams`' state stays outermost so
+  `TrainState.with_learning_rate` finds it.
+  """
+  name = optim.name if "name" in optim else "adamw"
+
+  def build(learning_rate, weight_decay):
+    parts = []
+    if optim.grad_clip_norm:
+      parts.append(optax.clip_by_global_norm(optim.grad_clip_norm))
+    if name == "adamw":
+      parts.append(optax.adamw(learning_rate=learning_rate, weight_decay=weight_decay))
+    elif name == "adam":
+      if optim.weight_decay:
+        parts.append(optax.add_decayed_weights(weight_decay))
+      parts.append(optax.adam(learning_rate=learning_rate))
+    else:
+      raise ValueError(f"config.optim.name={name!r}; expected 'adamw' or 'adam'")
+    return optax.chain(*parts) if len(parts) > 1 else parts[0]
+
+  return optax.inject_hyperparams(build)(learning_rate=optim.learning_rate, weight_decay=optim.weight_decay)

@@ -2,8 +2,9 @@
 
 A model plugs in as a `Task` (init, loss, optional visualisation and pretrained weights); the trainer owns
 everything else: the `('data',)` mesh (parameters replicated, batches sharded on the batch axis over every
-device of every host), one jitted step with the state donated, AdamW with reduce-on-plateau and early
-stopping per epoch, Orbax checkpoints with auto-resume (a stop request from SIGTERM or Ctrl-C saves the
+device of every host), one jitted step with the state donated, the optimiser and per-epoch learning-rate
+schedule the config names (AdamW or Adam; reduce-on-plateau with early stopping, or step decay), Orbax
+checkpoints with auto-resume (a stop request from SIGTERM or Ctrl-C saves the
 current step first: `handobj_jax.preemption`), NaN detection (loss, gradients and the updated state) that
 stops with the step number and never checkpoints NaNs, TensorBoard scalars and images, PNG visualisations,
 and one progress line with rate and ETA (`handobj_jax.console`). Given the same seed and data the run is
@@ -172,7 +173,7 @@ def fit(task: Task, config, workdir: str, *, mesh, train_batches: Callable[[int]
   """Trains `task` until `config.num_epochs` epochs (or `config.num_steps`), early stopping, or a stop request.
 
   train_batches(start_step) yields global training batches starting at that step (deterministic replay);
-  eval_batches() yields one pass over validation. Evaluation, the plateau schedule and a checkpoint with
+  eval_batches() yields one pass over validation. Evaluation, the learning-rate schedule and a checkpoint with
   the validation loss happen at each epoch end; plain checkpoints every `config.checkpoint.every_steps`.
   A stop request (SIGTERM, Ctrl-C; see `handobj_jax.preemption`) saves the current step and returns with
   `preempted=True`.
@@ -189,10 +190,9 @@ def _fit(task: Task, config, workdir: str, *, mesh, train_batches, eval_batches,
   checkpointer = ckpt_lib.Checkpointer(workdir, keep=config.checkpoint.keep)
   make_state, abstract = init_state(task, config, mesh, example_batch)
   state, meta = checkpointer.restore_or(abstract, make_state)
-  plateau = (schedule_lib.Plateau.from_dict(meta["plateau"]) if meta else schedule_lib.Plateau(
-      learning_rate=config.optim.learning_rate, factor=config.optim.lr_factor,
-      lr_patience=config.optim.lr_patience, stop_patience=config.optim.stop_patience))
-  state = state.with_learning_rate(plateau.learning_rate)
+  saved = (meta.get("schedule") or meta.get("plateau")) if meta else None  # 'plateau': older checkpoints
+  schedule = schedule_lib.from_dict(saved) if saved else schedule_lib.from_config(config.optim)
+  state = state.with_learning_rate(schedule.learning_rate)
   start_step = int(jax.device_get(state.step))
   if meta:
     console.say(f"resumed from {checkpointer.directory} at step {start_step} (epoch {meta['epoch']})")
@@ -203,7 +203,7 @@ def _fit(task: Task, config, workdir: str, *, mesh, train_batches, eval_batches,
   eval_step = make_eval_step(task, mesh)
 
   def meta_dict(step: int, val_loss: float | None) -> dict:
-    return {"step": step, "epoch": step // steps_per_epoch, "plateau": plateau.to_dict(),
+    return {"step": step, "epoch": step // steps_per_epoch, "schedule": schedule.to_dict(),
             "val_loss": val_loss, "task": type(task).__name__}
 
   progress = console.Progress(total_steps, "train", unit="step", start=start_step,
@@ -215,7 +215,7 @@ def _fit(task: Task, config, workdir: str, *, mesh, train_batches, eval_batches,
   step = start_step
   batches = train_batches(start_step)
   try:
-    while step < total_steps and not plateau.stopped:
+    while step < total_steps and not schedule.stopped:
       batch = next(batches)
       state, metrics = train_step(state, batch)
       step += 1
@@ -233,12 +233,12 @@ def _fit(task: Task, config, workdir: str, *, mesh, train_batches, eval_batches,
       if epoch_end:
         val_metrics, first_batch = evaluate(eval_step, state, eval_batches())
         val_loss = val_metrics["loss"]
-        action = plateau.update(val_loss)
+        action = schedule.update(val_loss)
         if action == "lr_cut":
-          state = state.with_learning_rate(plateau.learning_rate)
+          state = state.with_learning_rate(schedule.learning_rate)
         writer.write_scalars(step, {f"val/{k}": v for k, v in val_metrics.items()})
         console.say(f"epoch {step // steps_per_epoch}/{num_epochs}: val loss {val_loss:.4f} ({action}; lr "
-                    f"{plateau.learning_rate:.3g}; best {plateau.best:.4f})")
+                    f"{schedule.learning_rate:.3g}; best {schedule.best:.4f})")
         if jax.process_index() == 0:
           # Host copies only (this host's shard of the batch, one replica of the state), so that
           # visualisation never launches a multi-host computation from a single process.
@@ -267,4 +267,4 @@ def _fit(task: Task, config, workdir: str, *, mesh, train_batches, eval_batches,
     best = checkpointer.best_step()
     checkpointer.close()
   return FitResult(step=step, epoch=step // steps_per_epoch, val_loss=val_loss, val_metrics=val_metrics,
-                   stopped_early=plateau.stopped, preempted=preempted, best_step=best)
+                   stopped_early=schedule.stopped, preempted=preempted, best_step=best)
