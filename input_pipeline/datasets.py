@@ -1,7 +1,9 @@
 """Dataset registry: `config.data.name` -> a prepared TFDS builder.
 
-Synthetic datasets are built offline on first use. Real datasets (HO-3D, EPIC-KITCHENS, 100DOH) are read
-from the user's `config.data.manual_dir`; their builders are added to `_BUILDERS` as they are written.
+Synthetic datasets are built offline on first use: `synthetic_handobj` (2D video, COHESIV), `synthetic_ho3d`
+(labelled 3D hand-object frames, the pose model) and `synthetic_ho3d_video` (unlabelled clips with boxes).
+Real datasets (HO-3D, EPIC-KITCHENS, 100DOH, FPHA, FreiHAND) are read from the user's
+`config.data.manual_dir`; their builders are added to `_BUILDERS` as they are written.
 """
 
 from __future__ import annotations
@@ -22,8 +24,20 @@ def _synthetic_handobj(data_dir: str, data: ml_collections.ConfigDict) -> tfds.c
   return tfds_synthetic.build(data_dir, data.builder_config)
 
 
+def _synthetic_ho3d(data_dir: str, data: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
+  from input_pipeline import tfds_ho3d_synth  # pylint: disable=g-import-not-at-top
+  return tfds_ho3d_synth.build(data_dir, data.builder_config)
+
+
+def _synthetic_ho3d_video(data_dir: str, data: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
+  from input_pipeline import tfds_ho3d_synth  # pylint: disable=g-import-not-at-top
+  return tfds_ho3d_synth.build(data_dir, data.builder_config, video=True)
+
+
 _BUILDERS = {
     "synthetic_handobj": _synthetic_handobj,
+    "synthetic_ho3d": _synthetic_ho3d,
+    "synthetic_ho3d_video": _synthetic_ho3d_video,
 }
 
 

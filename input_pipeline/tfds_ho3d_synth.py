@@ -24,10 +24,12 @@ are reproducible. Build, e.g.:
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import numpy as np
 import tensorflow_datasets as tfds
 
+from input_pipeline import pipeline
 from input_pipeline import synthetic_3d
 
 SIDES = ("right", "left")
@@ -116,7 +118,7 @@ def _static_features(p: int) -> dict:
   }
 
 
-class SyntheticHo3d(tfds.core.GeneratorBasedBuilder):
+class SyntheticHo3d(pipeline.ReportingBuilder, tfds.core.GeneratorBasedBuilder):
   """Labelled synthetic hand-object frames in HO-3D conventions."""
 
   VERSION = tfds.core.Version("1.0.0")
@@ -162,6 +164,9 @@ class SyntheticHo3d(tfds.core.GeneratorBasedBuilder):
     }
 
   def _generate_examples(self, split: str, num: int):
+    return self.reported(split, num, self._examples(split, num))
+
+  def _examples(self, split: str, num: int):
     c = self.builder_config
     world = c.world_config()
     for i in range(num):
@@ -170,7 +175,7 @@ class SyntheticHo3d(tfds.core.GeneratorBasedBuilder):
       yield i, {"seed": seed, **ex}
 
 
-class SyntheticHo3dVideo(tfds.core.GeneratorBasedBuilder):
+class SyntheticHo3dVideo(pipeline.ReportingBuilder, tfds.core.GeneratorBasedBuilder):
   """Unlabelled synthetic hand-object clips with per-frame boxes."""
 
   VERSION = tfds.core.Version("1.0.0")
@@ -220,6 +225,9 @@ class SyntheticHo3dVideo(tfds.core.GeneratorBasedBuilder):
     }
 
   def _generate_examples(self, split: str, num: int):
+    return self.reported(split, num, self._examples(split, num))
+
+  def _examples(self, split: str, num: int):
     c = self.builder_config
     world = c.world_config()
     for i in range(num):
@@ -229,3 +237,18 @@ class SyntheticHo3dVideo(tfds.core.GeneratorBasedBuilder):
       yield i, {"seed": seed, "frames": list(seq["frames"]),
                 "hand_boxes": seq["hand_boxes"],
                 "obj_boxes": seq["obj_boxes"], "gt": gt}
+
+
+def build(data_dir: str, config_name: str = "tiny", video: bool = False) -> tfds.core.DatasetBuilder:
+  """Builds (if needed) `synthetic_ho3d/<config_name>` (or `synthetic_ho3d_video`) under `data_dir`.
+
+  Damaged files of an earlier build are reported with the directory to delete (it is rebuilt on the next
+  run: the world is procedural)."""
+  cls = SyntheticHo3dVideo if video else SyntheticHo3d
+  known = [c.name for c in cls.BUILDER_CONFIGS]
+  if config_name not in known:
+    raise pipeline.DataError(f"unknown config.data.builder_config {config_name!r} for {cls.name}; choose one "
+                             f"of {known}")
+  directory = os.path.join(data_dir, cls.name, config_name, str(cls.VERSION))
+  return pipeline.prepare(lambda: cls(data_dir=data_dir, config=config_name), directory,
+                          f"delete {directory} and rerun: it is rebuilt from the embedded generator")

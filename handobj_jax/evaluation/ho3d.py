@@ -276,6 +276,55 @@ def reprojection_error(rot_gt: np.ndarray, t_gt: np.ndarray,
   return np.linalg.norm(a - b, axis=-1).mean(-1)
 
 
+def object_pose_report(rot_gt: np.ndarray, t_gt: np.ndarray, rot_pred: np.ndarray, t_pred: np.ndarray,
+                       points: Sequence[np.ndarray], intrinsics: np.ndarray, groups: Sequence[str],
+                       add_fraction: float = 0.1, rep_px: float = 5.0) -> dict[str, object]:
+  """ADD-0.1D and REP-5 success rates (%) per group and their mean over groups, with a model per FRAME.
+
+  Args:
+    rot_gt, rot_pred: [N, 3, 3] OpenCV-frame rotations; t_gt, t_pred: [N, 3] metres.
+    points: N arrays [P_i, 3], each frame's model points (object frame, metres; P_i may differ, e.g. a
+      [N, P, 3] array or a list); the ADD threshold is
+      `add_fraction` x the diagonal of that frame's model-point box (`model_diameter`).
+    intrinsics: [3, 3] or [N, 3, 3].
+    groups: [N] the group of each frame (HO-3D: the object's name; the synthetic world: its shape).
+
+  Returns:
+    {'add_success': {group: %}, 'add_success_mean': %, 'rep5': {group: %}, 'rep5_mean': %,
+     'add_mean_m': {group: mean ADD in metres}, 'num_frames': {group: n}} (means over groups).
+  """
+  rot_gt = np.asarray(rot_gt, np.float64)
+  n = rot_gt.shape[0]
+  groups = [str(g) for g in groups]
+  points = [np.asarray(p, np.float64) for p in points]
+  if len(groups) != n or len(points) != n:
+    raise ValueError(f"object_pose_report: {len(groups)} groups and {len(points)} point sets for {n} "
+                     "frames")
+  k = np.asarray(intrinsics, np.float64)
+  if k.ndim == 2:
+    k = np.broadcast_to(k, (n, 3, 3))
+  t_gt, rot_pred, t_pred = (np.asarray(x, np.float64) for x in (t_gt, rot_pred, t_pred))
+  add = np.array([add_error(rot_gt[i], t_gt[i], rot_pred[i], t_pred[i], points[i]) for i in range(n)])
+  rep = np.array([reprojection_error(rot_gt[i], t_gt[i], rot_pred[i], t_pred[i], points[i], k[i])
+                  for i in range(n)])
+  diam = np.array([model_diameter(points[i]) for i in range(n)])
+  add_s, rep_s, add_m, counts = {}, {}, {}, {}
+  for g in sorted(set(groups)):
+    idx = np.array([i for i, o in enumerate(groups) if o == g])
+    add_s[g] = 100.0 * float(np.mean(add[idx] <= add_fraction * diam[idx]))
+    rep_s[g] = 100.0 * float(np.mean(rep[idx] <= rep_px))
+    add_m[g] = float(add[idx].mean())
+    counts[g] = int(idx.size)
+  return {
+      "add_success": add_s,
+      "add_success_mean": float(np.mean(list(add_s.values()))) if add_s else float("nan"),
+      "rep5": rep_s,
+      "rep5_mean": float(np.mean(list(rep_s.values()))) if rep_s else float("nan"),
+      "add_mean_m": add_m,
+      "num_frames": counts,
+  }
+
+
 def ho3d_object_report(rot_gt: np.ndarray, t_gt: np.ndarray,
                        rot_pred: np.ndarray, t_pred: np.ndarray,
                        object_ids: Sequence[str],
@@ -283,7 +332,7 @@ def ho3d_object_report(rot_gt: np.ndarray, t_gt: np.ndarray,
                        intrinsics: np.ndarray,
                        add_fraction: float = 0.1,
                        rep_px: float = 5.0) -> dict[str, object]:
-  """Per-object ADD-0.1D and REP-5 success rates (%) and their object means.
+  """Per-object ADD-0.1D and REP-5 success rates (%) and their object means (one model per object name).
 
   Args:
     rot_gt, rot_pred: [N, 3, 3] OpenCV-frame rotations.
@@ -295,41 +344,17 @@ def ho3d_object_report(rot_gt: np.ndarray, t_gt: np.ndarray,
     rep_px: REP success threshold in pixels.
 
   Returns:
-    {'add_success': {obj: %}, 'add_success_mean': %, 'rep5': {obj: %},
-     'rep5_mean': %, 'add_mean_m': {obj: mean ADD in metres},
-     'num_frames': {obj: n}}.
+    As `object_pose_report`, grouped by object name.
   """
-  rot_gt = np.asarray(rot_gt, np.float64)
-  n = rot_gt.shape[0]
-  object_ids = list(object_ids)
+  object_ids = [str(o) for o in object_ids]
+  n = np.asarray(rot_gt).shape[0]
   if len(object_ids) != n:
     raise ValueError(f"ho3d_object_report: {len(object_ids)} object_ids for "
                      f"{n} frames")
-  k = np.asarray(intrinsics, np.float64)
-  if k.ndim == 2:
-    k = np.broadcast_to(k, (n, 3, 3))
-  add_s, rep_s, add_m, counts = {}, {}, {}, {}
-  for obj in sorted(set(object_ids)):
-    if obj not in models:
-      raise ValueError(f"ho3d_object_report: no model points for object "
-                       f"{obj!r}")
-    idx = np.array([i for i, o in enumerate(object_ids) if o == obj])
-    pts = np.asarray(models[obj], np.float64)
-    add = add_error(rot_gt[idx], np.asarray(t_gt)[idx],
-                    np.asarray(rot_pred)[idx], np.asarray(t_pred)[idx], pts)
-    rep = reprojection_error(rot_gt[idx], np.asarray(t_gt)[idx],
-                             np.asarray(rot_pred)[idx],
-                             np.asarray(t_pred)[idx], pts, k[idx])
-    add_s[obj] = 100.0 * float(np.mean(add <= add_fraction *
-                                       model_diameter(pts)))
-    rep_s[obj] = 100.0 * float(np.mean(rep <= rep_px))
-    add_m[obj] = float(add.mean())
-    counts[obj] = int(idx.size)
-  return {
-      "add_success": add_s,
-      "add_success_mean": float(np.mean(list(add_s.values()))),
-      "rep5": rep_s,
-      "rep5_mean": float(np.mean(list(rep_s.values()))),
-      "add_mean_m": add_m,
-      "num_frames": counts,
-  }
+  missing = sorted(set(object_ids) - set(models))
+  if missing:
+    raise ValueError(f"ho3d_object_report: no model points for object "
+                     f"{missing[0]!r}")
+  points = [models[o] for o in object_ids]
+  return object_pose_report(rot_gt, t_gt, rot_pred, t_pred, points, intrinsics, object_ids, add_fraction,
+                            rep_px)

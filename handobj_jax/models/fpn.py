@@ -95,6 +95,8 @@ class FPN(nn.Module):
   out_channels: int = 256
   smooth_p5: bool = True
   upsample: str = "nearest"
+  tiny_stem_width: int = 8              # Widths of the 'tiny' trunk (CPU configs and tests).
+  tiny_stage_planes: tuple[int, ...] = (4, 8, 16, 32)
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> tuple[jax.Array, ...]:
@@ -106,7 +108,10 @@ class FPN(nn.Module):
       raise ValueError(f"FPN input must be [B, H, W, C] with H, W multiples of "
                        f"32, got shape {x.shape}")
     up = upsample_nearest_2x if self.upsample == "nearest" else upsample_bilinear_2x
-    trunk = encoders_lib.create_encoder(self.arch, name="encoder")
+    kwargs = {}
+    if self.arch == "tiny":
+      kwargs = dict(stem_width=self.tiny_stem_width, stage_planes=tuple(self.tiny_stage_planes))
+    trunk = encoders_lib.create_encoder(self.arch, name="encoder", **kwargs)
     c2, c3, c4, c5 = trunk(x, train=train)[1:]
     lateral = [nn.Conv(self.out_channels, (1, 1), use_bias=True,
                        name=f"lateral{k}")(c)

@@ -1,0 +1,240 @@
+r"""Jobs `pose_train` and `pose_eval`: the Semi-Hand-Object pose network (Sec. 4, 6.1-6.5.1).
+
+  python -m handobj_jax.main --config=configs/handobj_pose.py[:variant] --workdir=DIR
+  python -m handobj_jax.main --config=configs/handobj_pose.py[:variant] --config.job=pose_eval --workdir=DIR
+
+`pose_train`: builds or opens `config.data` (the synthetic 3D world by default), trains
+`tasks.pose_task.HandObjectPoseTask` with the shared trainer (Adam, step decay, checkpoints with auto-resume,
+validation losses and errors at every epoch end, Fig. 6 style PNGs in `<workdir>/images`), and writes
+`<workdir>/config.json` (checked against the checkpoints first) for the evaluation.
+
+`pose_eval`: restores the best-validation checkpoint (the latest when none is marked best) and runs the test
+split without augmentation. Test protocol (the released supervised code's, stated in the report): the hand
+box (projected mesh), the object box (projected control points) and the hand's root joint come from the
+ground truth. Hands: the predicted root-relative joints and vertices plus the true root, scored with
+`evaluation.ho3d.ho3d_hand_report` (Procrustes-aligned, scale-translation aligned and unaligned errors, AUCs,
+F@5 / F@15). Objects: votes by the HO-3D rule (`geometry.pnp.select_votes`: up to 10 per control point,
+confidence > 0.5), mapped back to full-image pixels, then PnP with the image's intrinsics by both solvers:
+OpenCV's solvePnPRansac with EPnP on the host (the protocol's) and the batched device solver
+(`geometry.pnp.solve_pnp`); ADD-0.1D and REP-5 per object shape and their mean
+(`evaluation.ho3d.object_pose_report`). Writes `<workdir>/pose_eval/report.md`, `report.json`, and PNGs in
+`pose_eval/figures/`: Fig. 6 style (predicted mesh and object box drawn on the image) and Fig. 7 style (the
+CR module's attention of object query cells over the hand-object intersection box).
+`config.eval.compare` ('LABEL=WORKDIR;...') adds rows for other trained workdirs (e.g. the CR ablation of
+Table 2), each evaluated with its own config.json on the same test split.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from handobj_jax import console
+from handobj_jax import jobs
+from handobj_jax import preemption
+from handobj_jax.evaluation import ho3d
+from handobj_jax.evaluation import pose_eval
+from handobj_jax.geometry import crop as crop_lib
+from handobj_jax.geometry import pnp
+from handobj_jax.jobs import train as train_job
+from handobj_jax.tasks import pose_task
+from handobj_jax.train import trainer
+from input_pipeline import datasets
+from input_pipeline import pipeline
+from input_pipeline import pose_data
+
+EVAL_DIR = "pose_eval"
+
+
+def _open(config):
+  builder = datasets.get_builder(config.data)
+  for split in ("train", "validation", "test"):
+    if split not in builder.info.splits:
+      raise pipeline.DataError(f"dataset {builder.info.full_name} has no split {split!r}")
+  return builder
+
+
+def _source(builder, split: str) -> pipeline.DataSource:
+  return pipeline.DataSource(builder, split, f"delete {builder.data_dir} and rerun to rebuild it")
+
+
+def _eval_batches(builder, split: str, batch_size: int, mesh, fields=pose_data.TRAIN_FIELDS,
+                  limit: int = 0):
+  ds = pipeline.load_split(builder, split).map(pose_data.select(fields))
+  if limit:
+    ds = ds.take(limit)
+  return pipeline.global_batches(pipeline.eval_dataset(ds, batch_size=batch_size), mesh,
+                                 source=_source(builder, split))
+
+
+def train(config, workdir: str) -> dict[str, Any]:
+  os.makedirs(workdir, exist_ok=True)
+  train_job.write_config(config, workdir, keys=("model", "mano"))
+  builder = _open(config)
+  mesh = pipeline.make_data_mesh()
+  host_bs = pipeline.host_batch_size(config.batch_size, mesh)
+  num_train = builder.info.splits["train"].num_examples
+  steps_per_epoch = num_train // config.batch_size
+  if steps_per_epoch == 0:
+    raise jobs.JobInputError(f"the train split has {num_train} examples, fewer than one batch "
+                             f"(config.batch_size={config.batch_size})")
+  if config.model.pretrained and not os.path.exists(config.model.pretrained):
+    raise jobs.JobInputError(f"config.model.pretrained={config.model.pretrained!r} does not exist")
+  task = pose_task.HandObjectPoseTask(config)
+
+  def train_batches(start_step: int):
+    ds = pipeline.load_split(builder, "train", seed=config.seed)
+    ds = pipeline.train_dataset(ds, batch_size=host_bs, seed=config.seed,
+                                preprocess=pose_data.select(pose_data.TRAIN_FIELDS),
+                                shuffle_buffer=config.data.shuffle_buffer, start_step=start_step,
+                                cache=config.data.cache)
+    return pipeline.global_batches(ds, mesh, source=_source(builder, "train"))
+
+  def eval_batches():
+    return _eval_batches(builder, "validation", host_bs, mesh)
+
+  console.say(f"training the hand-object pose network ({config.model.trunk} FPN, CR {config.model.cr!r}, "
+              f"{config.model.image_size}x{config.model.image_size} crops) on {builder.info.full_name}: "
+              f"{num_train} train examples, {steps_per_epoch} steps/epoch, global batch {config.batch_size} "
+              f"over {mesh.devices.size} device(s)")
+  result = trainer.fit(task, config, workdir, mesh=mesh, train_batches=train_batches,
+                       eval_batches=eval_batches, steps_per_epoch=steps_per_epoch,
+                       example_batch=next(eval_batches()))
+  if result.preempted:
+    raise preemption.StopRequested(preemption.requested() or 15, f"at step {result.step} (checkpoint saved)")
+  metrics = dict(result.val_metrics)
+  if not metrics:  # No epoch ended: evaluate the last state now.
+    state, _ = train_job.restore_state(task, config, workdir, mesh, next(eval_batches()), best=False)
+    metrics, _ = trainer.evaluate(trainer.make_eval_step(task, mesh), state, eval_batches())
+  shown = ("loss", "joint_err_mm", "pa_joint_err_mm", "ctrl_err_px")
+  console.say(f"final validation (step {result.step}, epoch {result.epoch}): " +
+              ", ".join(f"{k} {metrics[k]:.4f}" for k in shown if k in metrics))
+  console.say(f"outputs in {workdir}: checkpoints/, tensorboard/, images/, {train_job.CONFIG_FILE}, "
+              f"{console.LOG_FILE}; next: --config.job=pose_eval")
+  return {"fit": result, "val_metrics": metrics, "steps_per_epoch": steps_per_epoch}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Evaluation.
+
+
+def _device_pnp(obj_points, obj_conf, affine, k_img, ctrl_obj, num_votes: int, threshold: float):
+  """The device solver on one batch: votes (HO-3D rule) -> full-image pixels -> robust PnP."""
+  b, s, _, n, _ = obj_points.shape
+  votes, valid = pnp.select_votes(obj_points.reshape(b, s * s, n, 2), obj_conf.reshape(b, s * s, n),
+                                  num_votes=num_votes, threshold=threshold)            # [B,N,V,2], [B,N,V]
+  votes_img = crop_lib.apply_affine(crop_lib.invert_affine(affine), votes.reshape(b, n * num_votes, 2))
+  pts3d = jnp.repeat(ctrl_obj, num_votes, axis=1)                                        # [B, N*V, 3]
+  result = pnp.solve_pnp(pts3d, votes_img, valid.reshape(b, -1).astype(jnp.float32), k_img)
+  return result.rotation, result.translation, result.ok, votes_img.reshape(b, n, num_votes, 2), valid
+
+
+def evaluate_workdir(config, workdir: str, builder, split: str, settings, num_figures: int = 0,
+                     label: str = "") -> dict[str, Any]:
+  """Predictions and metrics of one trained workdir on `split` (see the module docstring)."""
+  mesh = pipeline.make_data_mesh()
+  task = pose_task.HandObjectPoseTask(config)
+  batch_size = int(settings.batch_size)
+  host_bs = pipeline.host_batch_size(batch_size, mesh)
+  example = next(_eval_batches(builder, split, host_bs, mesh, limit=1))
+  state, step = train_job.restore_state(task, config, workdir, mesh, example)
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  predict = jax.jit(task.predict)
+  device_pnp = jax.jit(_device_pnp, static_argnums=(5, 6))
+  names = builder.info.features["obj_type"].names
+  total = builder.info.splits[split].num_examples
+  if settings.max_images:
+    total = min(total, int(settings.max_images))
+  acc: dict[str, list] = {}
+  figures_in: list[dict[str, np.ndarray]] = []
+  meter = console.Progress(total, f"pose eval {label or split}", unit="image")
+  for batch in _eval_batches(builder, split, host_bs, mesh, pose_data.EVAL_FIELDS, int(settings.max_images)):
+    preemption.check(f"while evaluating {split} (nothing written yet; rerun the same command)")
+    out = predict(variables, batch)
+    k_img = batch["K"]
+    ctrl_obj = jnp.einsum("bji,bpj->bpi", batch["obj_rot"], batch["obj_ctrl3d"] - batch["obj_trans"][:, None])
+    rot_d, trans_d, ok_d, votes_img, vote_valid = device_pnp(
+        out["obj_points"], out["obj_confidence"], out["affine"], k_img, ctrl_obj, int(settings.num_votes),
+        float(settings.vote_threshold))
+    host = jax.device_get({"out": out, "batch": batch, "rot_d": rot_d, "trans_d": trans_d, "ok_d": ok_d,
+                           "votes": votes_img, "vote_valid": vote_valid, "ctrl_obj": ctrl_obj})
+    keep = np.flatnonzero(np.asarray(host["batch"][pipeline.MASK_KEY], bool))
+    for i in keep:
+      b, o = host["batch"], host["out"]
+      rot_cv, trans_cv, ok_cv = pnp.solve_pnp_opencv(host["ctrl_obj"][i], host["votes"][i],
+                                                     host["vote_valid"][i], b["K"][i])
+      rows = {
+          "pred_joints": o["joints3d"][i], "pred_verts": o["verts3d"][i], "gt_joints": o["gt_joints3d"][i],
+          "gt_verts": o["gt_verts3d"][i], "rot_gt": b["obj_rot"][i], "t_gt": b["obj_trans"][i],
+          "rot_cv": rot_cv, "t_cv": trans_cv, "ok_cv": ok_cv, "rot_dev": host["rot_d"][i],
+          "t_dev": host["trans_d"][i], "ok_dev": host["ok_d"][i], "points": b["obj_points3d"][i],
+          "K": b["K"][i], "group": names[int(b["obj_type"][i])],
+          "num_votes": int(host["vote_valid"][i].sum()),
+      }
+      for key, value in rows.items():
+        acc.setdefault(key, []).append(value)
+      if len(figures_in) < num_figures:
+        fig = {k: np.asarray(v[i]) for k, v in o.items()}
+        fig.update(rot_pred=rot_cv, t_pred=trans_cv, rot_gt=b["obj_rot"][i], t_gt=b["obj_trans"][i],
+                   ctrl_obj=host["ctrl_obj"][i], K_image=b["K"][i])
+        figures_in.append(fig)
+    meter.advance(len(keep))
+  meter.close()
+  if not acc:
+    raise jobs.JobInputError(f"split {split!r} of {builder.info.full_name} has no examples")
+  stack = {k: (np.stack(v) if k != "group" else v) for k, v in acc.items()}
+  hand = ho3d.ho3d_hand_report(stack["pred_joints"], stack["pred_verts"], stack["gt_joints"], stack["gt_verts"])
+  objects = {}
+  for solver in ("cv", "dev"):
+    objects[solver] = ho3d.object_pose_report(stack["rot_gt"], stack["t_gt"], stack[f"rot_{solver}"],
+                                              stack[f"t_{solver}"], list(stack["points"]), stack["K"],
+                                              stack["group"])
+    objects[solver]["pnp_ok_percent"] = 100.0 * float(np.mean(stack[f"ok_{solver}"]))
+  return {"label": label, "workdir": workdir, "step": int(step), "cr": config.model.cr, "hand": hand,
+          "objects": objects, "num_images": len(stack["group"]),
+          "mean_votes": float(np.mean(stack["num_votes"])), "figures": figures_in,
+          "faces": np.asarray(task.mano_model.faces)}
+
+
+def _parse_compare(spec: str) -> list[tuple[str, str]]:
+  rows = []
+  for item in filter(None, (p.strip() for p in spec.split(";"))):
+    label, eq, path = item.partition("=")
+    if not eq or not label.strip() or not path.strip():
+      raise jobs.JobInputError(f"config.eval.compare entry {item!r}: expected LABEL=WORKDIR")
+    rows.append((label.strip(), os.path.abspath(os.path.expanduser(path.strip()))))
+  return rows
+
+
+def evaluate(config, workdir: str) -> dict[str, Any]:
+  from handobj_jax.jobs import evaluate as cohesiv_eval_job  # pylint: disable=g-import-not-at-top
+  from handobj_jax.evaluation import pose_figures  # pylint: disable=g-import-not-at-top
+
+  s = config.eval
+  builder = _open(config)
+  rows = [evaluate_workdir(config, workdir, builder, s.split, s, int(s.num_figures),
+                           label=s.label or f"this run (CR {config.model.cr})")]
+  for label, other in _parse_compare(s.compare):
+    other_config = cohesiv_eval_job.config_for_workdir(other, None)
+    if other_config.data.to_dict() != config.data.to_dict():
+      raise jobs.JobInputError(f"config.eval.compare row {label!r}: {other}'s config.data differs from this "
+                               "run's; rows must be evaluated on the same split")
+    rows.append(evaluate_workdir(other_config, other, builder, s.split, s, 0, label=label))
+  out_dir = os.path.join(workdir, EVAL_DIR)
+  report = pose_eval.make_report(rows, dataset=builder.info.full_name, split=s.split, settings=s)
+  md_path, json_path = pose_eval.write_report(out_dir, report)
+  fig_paths = []
+  if jax.process_index() == 0:
+    fig_paths = pose_figures.write_eval_figures(os.path.join(out_dir, "figures"), rows[0]["figures"],
+                                                rows[0]["faces"])
+  with open(md_path) as f:
+    console.say(f.read().rstrip())
+  console.say(f"wrote {md_path}, {json_path} and {len(fig_paths)} figures in {os.path.join(out_dir, 'figures')}")
+  logging.info("pose eval report: %s", json.dumps(report)[:2000])
+  return {"report": report, "report_md": md_path, "report_json": json_path, "figures": fig_paths}
