@@ -1,4 +1,4 @@
-"""Object pose from control-point votes: vote selection and PnP (Semi-Hand-Object Sec. 4, Appendix A).
+"""Object pose from control-point votes: vote selection and PnP (Semi-Hand-Object Sec. 4, App. A).
 
 The object decoder predicts, for every cell g of its 32 x 32 grid and every
 control point i (N = 21: the 8 corners, 12 edge midpoints and centre of the
@@ -82,7 +82,9 @@ The device solver (``solve_pnp``):
     (all hypotheses at once; then the inlier rank test at the final pose),
     the second data-dependent on the first, so they never run side by side (jaxlib
     0.10's CPU LAPACK kernels can deadlock when independent calls run
-    concurrently). Everything else is closed-form.
+    concurrently). Everything else is closed-form. Callers that put other
+    linear algebra in the same compiled program (e.g. Procrustes SVDs in an
+    evaluation step) should chain it after the pose (homography._after).
   * Not meant to be differentiated: all inputs pass through
     ``jax.lax.stop_gradient`` (gradients are exactly zero, hence finite).
     The network is trained on the 2D votes and confidences, not on the pose.
