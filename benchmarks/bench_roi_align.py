@@ -40,8 +40,9 @@ SCALE = 0.25
 
 def _weights(features, boxes):
   _, h, w, _ = features.shape
-  iy, wy = ra._axis_samples(boxes[..., 1], boxes[..., 3], h, OH, SR, SCALE)  # pylint: disable=protected-access
-  ix, wx = ra._axis_samples(boxes[..., 0], boxes[..., 2], w, OW, SR, SCALE)  # pylint: disable=protected-access
+  axis = ra._axis_samples  # pylint: disable=protected-access
+  iy, wy = axis(boxes[..., 1], boxes[..., 3], h, OH, SR, SCALE)
+  ix, wx = axis(boxes[..., 0], boxes[..., 2], w, OW, SR, SCALE)
   return iy, wy, ix, wx
 
 
