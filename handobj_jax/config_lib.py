@@ -158,6 +158,22 @@ def boolean() -> Check:
   return lambda v: None if isinstance(v, bool) else "true or false"
 
 
+def multiple_of(n: int, lo: int = 1) -> Check:
+  def check(v):
+    return None if _is_int(v) and v >= lo and v % n == 0 else f"a multiple of {n} >= {lo}"
+  return check
+
+
+def _trunks() -> tuple[str, ...]:
+  from handobj_jax.models import encoders  # pylint: disable=g-import-not-at-top
+  return tuple(encoders.ARCHS)
+
+
+def _cr_variants() -> tuple[str, ...]:
+  from handobj_jax.models import hand_object  # pylint: disable=g-import-not-at-top
+  return hand_object.CR_VARIANTS
+
+
 def _encoders() -> tuple[str, ...]:
   from handobj_jax.models import cohesiv  # pylint: disable=g-import-not-at-top
   return tuple(cohesiv.ENCODER_ARCHS)
@@ -208,6 +224,54 @@ RULES: dict[str, Check] = {
     "model.pretrained": string(),
     "model.tiny_stem_width": POSITIVE,
     "model.tiny_stage_planes": int_tuple(4),
+    # The pose network (configs/handobj_pose.py).
+    "data.crop_scale": POSITIVE_REAL,
+    "data.hand_box_scale": POSITIVE_REAL,
+    "augment.enabled": boolean(),
+    "augment.scale": real(0.0, 0.9),
+    "augment.rotation_deg": real(0.0, 180.0),
+    "augment.translation": real(0.0, 1.0),
+    "augment.color": real(0.0, 0.9),
+    "model.image_size": multiple_of(32, 32),
+    "model.trunk": lazy_choice(_trunks),
+    "model.channels": POSITIVE,
+    "model.roi_size": integer(4),
+    "model.sampling_ratio": POSITIVE,
+    "model.cr": lazy_choice(_cr_variants),
+    "model.cr_heads": POSITIVE,
+    "model.cr_mlp_ratio": POSITIVE_REAL,
+    "model.hourglass_depth": integer(1, 6),
+    "model.mesh_stage_channels": int_tuple(4),
+    "model.mesh_blocks_per_stage": POSITIVE,
+    "model.mesh_hidden": int_tuple(),
+    "model.pose_repr": choice("axis_angle", "rot6d"),
+    "model.object_channels": POSITIVE,
+    "model.object_shared_layers": POSITIVE,
+    "model.offset_scale": POSITIVE_REAL,
+    "mano.model_path": string(),
+    "mano.side": choice("right", "left"),
+    "mano.fingertips": choice("ho3d", "alternative"),
+    "mano.flat_hand_mean": boolean(),
+    "loss.hand_2d": choice("heatmap", "joints2d"),
+    "loss.heatmap_weight": NON_NEGATIVE_REAL,
+    "loss.heatmap_sigma": POSITIVE_REAL,
+    "loss.joints2d_weight": NON_NEGATIVE_REAL,
+    "loss.pose_space": choice("axis_angle", "rotmat"),
+    "loss.mano_joints_weight": NON_NEGATIVE_REAL,
+    "loss.mano_verts_weight": NON_NEGATIVE_REAL,
+    "loss.mano_pose_weight": NON_NEGATIVE_REAL,
+    "loss.mano_shape_weight": NON_NEGATIVE_REAL,
+    "loss.object_weight": NON_NEGATIVE_REAL,
+    "loss.lambda_p": NON_NEGATIVE_REAL,
+    "loss.lambda_c": NON_NEGATIVE_REAL,
+    "loss.cell_reduction": choice("grid_mean", "mask_mean", "sum"),
+    "loss.conf_outside_mask": choice("ignore", "zero"),
+    "loss.conf_norm": choice("l2", "l1"),
+    "eval.split": string(),
+    "eval.num_votes": POSITIVE,
+    "eval.vote_threshold": FRACTION,
+    "eval.compare": string(),
+    "eval.label": string(),
     "loss.attention_weight": NON_NEGATIVE_REAL,
     "loss.embedding_weight": NON_NEGATIVE_REAL,
     "loss.beta": POSITIVE_REAL,
@@ -267,6 +331,12 @@ def validate(config: ml_collections.ConfigDict, rules: dict[str, Check] | None =
     expected = check(value)
     if expected is not None:
       raise ConfigError(f"config.{key}={value!r}: expected {expected}")
+  present, model = _lookup(config, "model")
+  if present and "hourglass_depth" in model and "roi_size" in model:
+    if 2 ** model.hourglass_depth > model.roi_size:
+      raise ConfigError(f"config.model.hourglass_depth={model.hourglass_depth} halves the RoI "
+                        f"{model.hourglass_depth} times: config.model.roi_size={model.roi_size} must be >= "
+                        f"{2 ** model.hourglass_depth}")
   present, loss = _lookup(config, "loss")
   if present and "attention_weight" in loss and "embedding_weight" in loss:
     if loss.attention_weight == 0 and loss.embedding_weight == 0:

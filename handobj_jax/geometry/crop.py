@@ -66,10 +66,15 @@ def crop_affine(centre: Array, side: Array, out_size: int, angle: Array | float 
 
 
 def invert_affine(a: Array) -> Array:
-  """Inverse of a 2x3 affine [..., 2, 3] (closed form; a singular map gives a finite zero map)."""
+  """Inverse of a 2x3 affine [..., 2, 3] (closed form). A singular (|det| <= 1e-12 of the squared scale of
+  its entries) or non-finite map gives the zero map (finite)."""
+  a = jnp.asarray(a, jnp.float32)
+  finite = jnp.all(jnp.isfinite(a), axis=(-2, -1))
+  a = jnp.where(finite[..., None, None], a, 0.0)
   m = a[..., :2, :2]
   det = m[..., 0, 0] * m[..., 1, 1] - m[..., 0, 1] * m[..., 1, 0]
-  ok = jnp.abs(det) > 1e-12
+  scale = jnp.sum(jnp.abs(m), axis=(-2, -1))
+  ok = finite & (jnp.abs(det) > 1e-12 * scale * scale)
   inv_det = jnp.where(ok, 1.0 / jnp.where(ok, det, 1.0), 0.0)
   inv = jnp.stack([jnp.stack([m[..., 1, 1], -m[..., 0, 1]], -1),
                    jnp.stack([-m[..., 1, 0], m[..., 0, 0]], -1)], -2) * inv_det[..., None, None]

@@ -102,6 +102,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from handobj_jax.geometry import crop as crop_lib
 from handobj_jax.geometry.homography import _det3
 from handobj_jax.geometry.homography import _matmul3
 from handobj_jax.geometry.homography import _safe_div
@@ -241,6 +242,13 @@ def box_to_pixels(points_norm: Array, box: Array) -> Array:
   return box[..., :2] + points_norm * (box[..., 2:] - box[..., :2])
 
 
+def pixels_to_box(points: Array, box: Array) -> Array:
+  """Inverse of `box_to_pixels`: pixels [..., P, 2] -> (u, v) of box [..., 4] (sizes floored at 1e-6)."""
+  points = jnp.asarray(points, jnp.float32)
+  box = jnp.asarray(box, jnp.float32)[..., None, :]
+  return (points - box[..., :2]) / jnp.maximum(box[..., 2:] - box[..., :2], 1e-6)
+
+
 def crop_to_image(points: Array, crop_affine: Array) -> Array:
   """Maps crop (network input) pixels back to full-image pixels.
 
@@ -251,21 +259,10 @@ def crop_to_image(points: Array, crop_affine: Array) -> Array:
       broadcast against points'.
 
   Returns:
-    [..., P, 2] full-image pixels, A^-1 applied. A singular or non-finite
-    affine gives zeros (finite).
+    [..., P, 2] full-image pixels, A^-1 applied (`crop.invert_affine`: a
+    singular or non-finite affine gives zeros, finite).
   """
-  points = jnp.asarray(points, jnp.float32)
-  a = jnp.asarray(crop_affine, jnp.float32)[..., None, :, :]
-  a00, a01, a10, a11 = a[..., 0, 0], a[..., 0, 1], a[..., 1, 0], a[..., 1, 1]
-  det = a00 * a11 - a01 * a10
-  scale = jnp.abs(a00) + jnp.abs(a01) + jnp.abs(a10) + jnp.abs(a11)
-  ok = (jnp.abs(det) > 1e-12 * scale * scale) & jnp.all(
-      jnp.isfinite(a), axis=(-2, -1))
-  dx = points[..., 0] - a[..., 0, 2]
-  dy = points[..., 1] - a[..., 1, 2]
-  x = _safe_div(a11 * dx - a01 * dy, det, ok)
-  y = _safe_div(a00 * dy - a10 * dx, det, ok)
-  return jnp.stack([x, y], axis=-1)
+  return crop_lib.apply_affine(crop_lib.invert_affine(crop_affine), jnp.asarray(points, jnp.float32))
 
 
 # --- Host reference: OpenCV ------------------------------------------------------

@@ -20,6 +20,8 @@ JOBS: dict[str, str] = {
     "responsibility_baseline": "handobj_jax.jobs.pseudolabel:run_baseline",
     "train": "handobj_jax.jobs.train:run",
     "eval": "handobj_jax.jobs.evaluate:run",
+    "pose_train": "handobj_jax.jobs.pose:train",
+    "pose_eval": "handobj_jax.jobs.pose:evaluate",
 }
 
 

@@ -40,7 +40,6 @@ from handobj_jax import jobs
 from handobj_jax import preemption
 from handobj_jax.evaluation import ho3d
 from handobj_jax.evaluation import pose_eval
-from handobj_jax.geometry import crop as crop_lib
 from handobj_jax.geometry import pnp
 from handobj_jax.jobs import train as train_job
 from handobj_jax.tasks import pose_task
@@ -129,7 +128,7 @@ def _device_pnp(obj_points, obj_conf, affine, k_img, ctrl_obj, num_votes: int, t
   b, s, _, n, _ = obj_points.shape
   votes, valid = pnp.select_votes(obj_points.reshape(b, s * s, n, 2), obj_conf.reshape(b, s * s, n),
                                   num_votes=num_votes, threshold=threshold)            # [B,N,V,2], [B,N,V]
-  votes_img = crop_lib.apply_affine(crop_lib.invert_affine(affine), votes.reshape(b, n * num_votes, 2))
+  votes_img = pnp.crop_to_image(votes.reshape(b, n * num_votes, 2), affine)
   pts3d = jnp.repeat(ctrl_obj, num_votes, axis=1)                                        # [B, N*V, 3]
   result = pnp.solve_pnp(pts3d, votes_img, valid.reshape(b, -1).astype(jnp.float32), k_img)
   return result.rotation, result.translation, result.ok, votes_img.reshape(b, n, num_votes, 2), valid

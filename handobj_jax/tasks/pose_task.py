@@ -46,6 +46,7 @@ import numpy as np
 
 from handobj_jax import errors
 from handobj_jax.geometry import crop as crop_lib
+from handobj_jax.geometry import pnp
 from handobj_jax.geometry import procrustes
 from handobj_jax.geometry import rotation
 from handobj_jax.losses import pose_losses
@@ -85,16 +86,6 @@ def project(k: jax.Array, points: jax.Array) -> jax.Array:
   uvw = jnp.einsum("...ij,...pj->...pi", k, points, precision=_HIGHEST)
   z = jnp.maximum(uvw[..., 2:], 1e-6)
   return uvw[..., :2] / z
-
-
-def to_box_uv(points: jax.Array, box: jax.Array) -> jax.Array:
-  """Pixels [..., P, 2] -> RoI-normalised (u, v) of box [..., 4] (inverse of pnp.box_to_pixels)."""
-  size = jnp.maximum(box[..., 2:] - box[..., :2], 1e-6)
-  return (points - box[..., None, :2]) / size[..., None, :]
-
-
-def from_box_uv(uv: jax.Array, box: jax.Array) -> jax.Array:
-  return box[..., None, :2] + uv * (box[..., 2:] - box[..., :2])[..., None, :]
 
 
 def example_mask(batch: Batch) -> jax.Array:
@@ -160,7 +151,7 @@ def prepare(batch: Batch, data_config, augment_config, image_size: int, roi_size
 
   # Object silhouette at the object RoI's cell centres (nearest pixel of the original image).
   cells = hand_decoder.cell_centers(roi_size)                                  # [S, S, 2] (u, v)
-  cell_px = from_box_uv(jnp.broadcast_to(cells.reshape(1, -1, 2), (b, roi_size * roi_size, 2)), obj_box)
+  cell_px = pnp.box_to_pixels(jnp.broadcast_to(cells.reshape(1, -1, 2), (b, roi_size * roi_size, 2)), obj_box)
   src = crop_lib.apply_affine(crop_lib.invert_affine(affine), cell_px)
   mask = batch["obj_mask"]
   h, w = mask.shape[1:3]
@@ -172,7 +163,7 @@ def prepare(batch: Batch, data_config, augment_config, image_size: int, roi_size
   return dict(
       image=image, hand_box=hand_box, obj_box=obj_box, affine=affine, r3=r3,
       K=crop_lib.crop_intrinsics(k_img, affine), joints2d=joints2d, ctrl2d=ctrl2d,
-      joints_uv=to_box_uv(joints2d, hand_box), ctrl_uv=to_box_uv(ctrl2d, obj_box),
+      joints_uv=pnp.pixels_to_box(joints2d, hand_box), ctrl_uv=pnp.pixels_to_box(ctrl2d, obj_box),
       joints_rel=crop_lib.rotate_points(r3, joints3d - root),
       verts_rel=crop_lib.rotate_points(r3, verts3d - root),
       root=crop_lib.rotate_points(r3, root)[:, 0], theta=theta,
@@ -283,7 +274,7 @@ class HandObjectPoseTask:
     joint_err = jnp.mean(jnp.linalg.norm(mano["joints"] - prep["joints_rel"], axis=-1), axis=-1)
     metrics["joint_err_mm"] = 1000.0 * jnp.sum(joint_err * valid) / denom
     votes_uv = best_votes(out["obj_points"], out["obj_confidence"])
-    votes_px = from_box_uv(votes_uv, prep["obj_box"])
+    votes_px = pnp.box_to_pixels(votes_uv, prep["obj_box"])
     ctrl_err = jnp.mean(jnp.linalg.norm(votes_px - prep["ctrl2d"], axis=-1), axis=-1)
     obj_denom = jnp.maximum(jnp.sum(obj_w), 1.0)
     metrics["ctrl_err_px"] = jnp.sum(ctrl_err * obj_w) / obj_denom
@@ -304,13 +295,13 @@ class HandObjectPoseTask:
     result = {
         "joints3d": mano["joints"] + root, "verts3d": mano["verts"] + root,
         "gt_joints3d": prep["joints_rel"] + root, "gt_verts3d": prep["verts_rel"] + root,
-        "obj_points": from_box_uv(out["obj_points"], prep["obj_box"][:, None, None]),
+        "obj_points": pnp.box_to_pixels(out["obj_points"], prep["obj_box"][:, None, None]),
         "obj_confidence": out["obj_confidence"], "joints_uv": out["joints_uv"],
         "heatmaps": out["heatmaps"], "theta": out["theta"], "beta": out["beta"],
         "affine": prep["affine"], "K_crop": prep["K"], "hand_box": prep["hand_box"],
         "obj_box": prep["obj_box"], "inter_box": out["boxes"][:, 2], "inter_valid": out["inter_valid"],
         "roi_valid": out["roi_valid"], "image": prep["image"],
-        "joints2d_pred": from_box_uv(out["joints_uv"], prep["hand_box"]), "gt_ctrl2d": prep["ctrl2d"],
+        "joints2d_pred": pnp.box_to_pixels(out["joints_uv"], prep["hand_box"]), "gt_ctrl2d": prep["ctrl2d"],
     }
     for name in ("attention_object", "attention_hand"):
       if name in out:
