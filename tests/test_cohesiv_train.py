@@ -7,7 +7,6 @@ these tests do not depend on the pseudo-labelling job; `test_smoke_config_throug
 one when `input_pipeline.cohesiv_examples` is present.
 """
 
-import importlib.util
 import os
 
 import jax
@@ -332,8 +331,6 @@ def test_config_variants():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(importlib.util.find_spec("input_pipeline.cohesiv_examples") is None,
-                    reason="input_pipeline.cohesiv_examples (pseudo-labelling) not written yet")
 def test_smoke_config_through_the_job(tmp_path):
   """`python -m handobj_jax.main --config=configs/cohesiv.py:smoke` minus flag parsing: builds the tiny
   synthetic source and its pseudo-labels under a fresh data dir, trains 2 steps, writes the stats."""
