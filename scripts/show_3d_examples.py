@@ -7,7 +7,7 @@ cyan), and the hand (green) / object (orange) boxes. A second row per example
 shows the hand / object masks.
 
 Usage:
-  python scripts/show_3d_examples.py --out /work/notes/synthetic_3d.png \
+  python scripts/show_3d_examples.py --out synthetic_3d.png \
       [--num 6] [--size 256] [--seed 0] [--sequence]
 """
 from __future__ import annotations

@@ -285,7 +285,7 @@ SIZE = 32
 
 
 def tiny_examples(num: int, seed: int) -> dict[str, np.ndarray]:
-  """Examples in the pseudo-label format (notes/pseudo_format.md), random images, rectangle GT."""
+  """Examples in the pseudo-label format (FEATURES in the input_pipeline.cohesiv_examples docstring), random images, rectangle GT."""
   rng = np.random.default_rng(seed)
   n = 2
   d = {k: [] for k in ("image", "responsibility", "query_point", "query_valid", "hand_box", "person_mask",

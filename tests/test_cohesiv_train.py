@@ -1,10 +1,10 @@
 """COHESIV training: the task's loss wiring, masks, centre head, visualisation; the `train` job end to end
 (one step, kill-and-resume parity through the real tf.data pipeline, inference statistics); configs.
 
-Pseudo-labelled examples are made here in the format of notes/pseudo_format.md from the synthetic world
-(`generate_clip` + `clip_responsibility` + `pseudo_labels`) and served by a minimal in-memory builder, so
-these tests do not depend on the pseudo-labelling job; `test_smoke_config_through_the_job` runs the real
-one when `input_pipeline.cohesiv_examples` is present.
+Pseudo-labelled examples are made here in the format of `input_pipeline.cohesiv_examples` (FEATURES in its
+docstring) from the synthetic world (`generate_clip` + `clip_responsibility` + `pseudo_labels`) and served
+by a minimal in-memory builder, so these tests do not depend on the pseudo-labelling job;
+`test_smoke_config_through_the_job` runs the real one.
 """
 
 import os

@@ -27,7 +27,7 @@ from input_pipeline import tfds_synthetic
 
 H = W = 64
 N = 2
-# The contract (notes/pseudo_format.md): field -> (shape, dtype).
+# The contract (FEATURES in the input_pipeline.cohesiv_examples docstring): field -> (shape, dtype).
 CONTRACT = {
     "image": ((H, W, 3), np.uint8),
     "responsibility": ((N, H, W), np.uint8),
