@@ -17,6 +17,7 @@ import tensorflow as tf
 
 from configs import cohesiv as cohesiv_configs
 from handobj_jax import jobs
+from handobj_jax import viz
 from handobj_jax.geometry import responsibility as resp_lib
 from handobj_jax.jobs import train as train_job
 from handobj_jax.models import cohesiv
@@ -218,29 +219,10 @@ def test_visualize_panels():
     img = images[name]
     rows = max(1, int(b["query_valid"][i].sum()))
     assert img.dtype == np.uint8 and img.shape == (rows * SIZE, 6 * SIZE, 3)
-  # The attention tile is OpenCV's viridis of the clamped attention.
+  # The attention tile is the viridis colouring (tests/test_viz.py) of the clamped attention.
   out = jax.device_get(task._forward(variables, jnp.asarray(b["image"][:1]), jnp.asarray(b["query_point"][:1])))
   att = np.clip(out["attention"][0, int(np.flatnonzero(b["query_valid"][0])[0])], 0, 1)
-  ref = cv2_viridis(att)
-  np.testing.assert_array_equal(images["cohesiv_0"][20:SIZE, SIZE:2 * SIZE], ref[20:])
-
-
-def cv2_viridis(values):
-  import cv2  # pylint: disable=import-outside-toplevel
-  u8 = np.round(np.clip(values, 0, 1) * 255).astype(np.uint8)
-  return cv2.applyColorMap(u8, cv2.COLORMAP_VIRIDIS)[..., ::-1]
-
-
-def test_pca_rgb_follows_the_dominant_direction_and_is_finite_when_constant():
-  rng = np.random.default_rng(0)
-  a = np.linspace(-1, 1, 16 * 16).reshape(16, 16)
-  direction = rng.normal(size=8)
-  z = a[..., None] * direction * 10 + 0.01 * rng.normal(size=(16, 16, 8))
-  rgb = cohesiv_task.embedding_pca_rgb(z.astype(np.float32))
-  corr = np.corrcoef(rgb[..., 0].ravel().astype(float), a.ravel())[0, 1]
-  assert abs(corr) > 0.99
-  const = cohesiv_task.embedding_pca_rgb(np.ones((8, 8, 4), np.float32))
-  assert const.dtype == np.uint8 and const.shape == (8, 8, 3)
+  np.testing.assert_array_equal(images["cohesiv_0"][20:SIZE, SIZE:2 * SIZE], viz.viridis(att)[20:])
 
 
 # ---- Job -----------------------------------------------------------------------------------------
