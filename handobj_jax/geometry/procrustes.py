@@ -40,6 +40,14 @@ def orthogonal_procrustes(a: Array, b: Array) -> tuple[Array, Array]:
   return jnp.matmul(u, vt, precision=_HIGHEST), jnp.sum(sv, axis=-1)
 
 
+def _check_pair(name: str, pred: Array, gt: Array) -> tuple[Array, Array]:
+  """Both [..., K, 3] of one shape (else ValueError naming `name`), as float32."""
+  if pred.shape != gt.shape or pred.shape[-1] != 3 or pred.ndim < 2:
+    raise ValueError(f"{name}: pred and gt must both be [..., K, 3]; got "
+                     f"{pred.shape} and {gt.shape}")
+  return pred.astype(jnp.float32), gt.astype(jnp.float32)
+
+
 def procrustes_align(pred: Array, gt: Array) -> Array:
   """Aligns `pred` onto `gt` with a similarity transform (HO-3D protocol).
 
@@ -52,11 +60,7 @@ def procrustes_align(pred: Array, gt: Array) -> Array:
   Returns:
     [..., K, 3] float32 aligned prediction.
   """
-  if pred.shape != gt.shape or pred.shape[-1] != 3 or pred.ndim < 2:
-    raise ValueError(f"procrustes_align: pred and gt must both be [..., K, 3]"
-                     f"; got {pred.shape} and {gt.shape}")
-  pred = pred.astype(jnp.float32)
-  gt = gt.astype(jnp.float32)
+  pred, gt = _check_pair("procrustes_align", pred, gt)
   mu_p = jnp.mean(pred, axis=-2, keepdims=True)
   mu_g = jnp.mean(gt, axis=-2, keepdims=True)
   p0 = pred - mu_p
@@ -94,15 +98,11 @@ def scale_translation_align(pred: Array, gt: Array, root: int = 0,
   Returns:
     [..., K, 3] float32.
   """
-  if pred.shape != gt.shape or pred.shape[-1] != 3 or pred.ndim < 2:
-    raise ValueError(f"scale_translation_align: pred and gt must both be "
-                     f"[..., K, 3]; got {pred.shape} and {gt.shape}")
+  pred, gt = _check_pair("scale_translation_align", pred, gt)
   k = pred.shape[-2]
   if not (0 <= root < k and 0 <= scale_ref < k):
     raise ValueError(f"scale_translation_align: root={root} / scale_ref="
                      f"{scale_ref} out of range for K={k}")
-  pred = pred.astype(jnp.float32)
-  gt = gt.astype(jnp.float32)
   len_p = _bone_length(pred, root, scale_ref)
   len_g = _bone_length(gt, root, scale_ref)
   ok = len_p > 0
