@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from handobj_jax.geometry import homography as hg
+import jax_modes
 
 
 def _random_h(rng):
@@ -104,36 +105,24 @@ def test_noisy_fit_costs_within_one_percent_of_opencv(num_pts):
     assert _rmse_np(h, src, dst) <= 1.01 * _rmse_np(h_cv, src, dst)
 
 
-def _run(mode, fn, *args):
-  """Evaluates fn eagerly, jitted, or vmapped over a leading axis of 1."""
-  if mode == "eager":
-    return fn(*args)
-  if mode == "jit":
-    return jax.jit(fn)(*args)
-  if mode == "vmap":
-    out = jax.vmap(fn)(*[jnp.asarray(a)[None] for a in args])
-    return jax.tree_util.tree_map(lambda x: x[0], out)
-  raise ValueError(mode)
-
-
-@pytest.mark.parametrize("mode", ["eager", "jit", "vmap"])
+@pytest.mark.parametrize("mode", jax_modes.MODES)
 def test_transforms_match_references_in_every_mode(mode):
   rng = np.random.default_rng(7)
   h_true = _random_h(rng)
   src = rng.uniform(0, 320, (30, 2))
   dst = _project_np(h_true, src)
   weights = rng.uniform(0.5, 2.0, 30).astype(np.float32)
-  h, ok = _run(mode, hg.fit_homography, src.astype(np.float32),
+  h, ok = jax_modes.run(mode, hg.fit_homography, src.astype(np.float32),
                dst.astype(np.float32), weights)
   assert bool(ok)
   np.testing.assert_allclose(_project_np(np.asarray(h, np.float64), src), dst,
                              atol=1e-3)
   pts = rng.uniform(0, 320, (11, 2))
-  out = _run(mode, hg.apply_homography, h_true.astype(np.float32),
+  out = jax_modes.run(mode, hg.apply_homography, h_true.astype(np.float32),
              pts.astype(np.float32))
   ref = cv2.perspectiveTransform(pts[None], h_true)[0]
   np.testing.assert_allclose(out, ref, atol=1e-3)
-  flow = _run(mode, lambda m: hg.homography_flow_grid(m, 5, 7),
+  flow = jax_modes.run(mode, lambda m: hg.homography_flow_grid(m, 5, 7),
               h_true.astype(np.float32))
   ys, xs = np.mgrid[0:5, 0:7].astype(np.float64)
   grid = np.stack([xs, ys], -1)
