@@ -20,7 +20,6 @@ from handobj_jax import jobs
 from handobj_jax import viz
 from handobj_jax.geometry import responsibility as resp_lib
 from handobj_jax.jobs import train as train_job
-from handobj_jax.models import cohesiv
 from handobj_jax.tasks import cohesiv_task
 from handobj_jax.train import trainer
 from input_pipeline import pipeline

@@ -5,7 +5,6 @@ References: an independent float64 NumPy LBS written here, and (marked
 """
 import collections
 import functools
-import importlib.util
 import io
 import os
 import pickle
