@@ -226,13 +226,13 @@ def figure(rgb: np.ndarray, result: dict[str, Any]) -> np.ndarray:
 
 
 def write_outputs(out_dir: str, stem: str, rgb: np.ndarray, result: dict[str, Any]) -> list[str]:
-  from handobj_jax.evaluation import figures  # pylint: disable=g-import-not-at-top
+  from handobj_jax import viz  # pylint: disable=g-import-not-at-top
   os.makedirs(out_dir, exist_ok=True)
   paths = []
 
   def put(name, img):
     path = os.path.join(out_dir, f"{stem}_{name}.png")
-    figures.write_png(path, img)
+    viz.write_png(path, img)
     paths.append(path)
 
   for i in range(len(result["queries"])):

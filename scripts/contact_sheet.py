@@ -19,13 +19,11 @@ import dataclasses
 import os
 import sys
 
-import cv2
-import numpy as np
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from handobj_jax import viz  # pylint: disable=g-import-not-at-top
 from input_pipeline import synthetic_world as sw  # pylint: disable=g-import-not-at-top
-from input_pipeline import viz  # pylint: disable=g-import-not-at-top
+from input_pipeline import viz as clip_viz  # pylint: disable=g-import-not-at-top
 
 
 def main(argv=None) -> None:
@@ -39,10 +37,9 @@ def main(argv=None) -> None:
   config = dataclasses.replace(sw.WorldConfig(), height=args.size, width=args.size,
                                p_camera_motion=args.camera_motion, flow_noise_sigma=args.noise)
   clip = sw.generate_clip(config, args.seed)
-  sheet = viz.contact_sheet(clip)
+  sheet = clip_viz.contact_sheet(clip)
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-  if not cv2.imwrite(args.out, cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR)):
-    raise IOError(f"could not write contact sheet to {args.out}")
+  viz.write_png(args.out, sheet)
   print(f"wrote {args.out} ({sheet.shape[1]}x{sheet.shape[0]}); hands valid={clip['hand_valid'].tolist()} "
         f"holding={clip['holding'].tolist()}")
 

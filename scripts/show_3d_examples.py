@@ -7,7 +7,7 @@ cyan), and the hand (green) / object (orange) boxes. A second row per example
 shows the hand / object masks.
 
 Usage:
-  python scripts/show_3d_examples.py --out /work/notes/synthetic_3d.png \
+  python scripts/show_3d_examples.py --out synthetic_3d.png \
       [--num 6] [--size 256] [--seed 0] [--sequence]
 """
 from __future__ import annotations
@@ -21,17 +21,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from handobj_jax import viz  # pylint: disable=wrong-import-position
 from input_pipeline import synthetic_3d  # pylint: disable=wrong-import-position
 
-# HO-3D joint order: 0 wrist; index 1-3, middle 4-6, little 7-9, ring 10-12,
-# thumb 13-15; tips 16 thumb, 17 index, 18 middle, 19 ring, 20 little.
-_CHAINS = {
-    "thumb": ((255, 40, 40), (0, 13, 14, 15, 16)),
-    "index": ((255, 200, 0), (0, 1, 2, 3, 17)),
-    "middle": ((60, 220, 60), (0, 4, 5, 6, 18)),
-    "ring": ((40, 140, 255), (0, 10, 11, 12, 19)),
-    "little": ((230, 60, 230), (0, 7, 8, 9, 20)),
-}
 # Box edges between corner indices (corner 4i + 2j + k; edges flip one bit).
 _EDGES = [(a, a ^ b) for a in range(8) for b in (1, 2, 4) if a < a ^ b]
 
@@ -42,13 +34,9 @@ def _pt(p, scale):
 
 def draw_example(ex: dict, scale: int) -> np.ndarray:
   """Labels drawn on an upscaled copy of the image; returns RGB uint8."""
-  h, w = ex["image"].shape[:2]
-  img = cv2.resize(ex["image"], (w * scale, h * scale),
-                   interpolation=cv2.INTER_NEAREST).copy()
-  # Pixel centres are integer coordinates: upscaled centre = (p + 0.5) s - 0.5.
-  tr = lambda p: (np.asarray(p) + 0.5) * scale - 0.5
-  j2 = tr(ex["joints2d"])
-  c2 = tr(ex["obj_ctrl2d"])
+  img = viz.upscale(ex["image"], scale)
+  j2 = viz.upscale_points(ex["joints2d"], scale)
+  c2 = viz.upscale_points(ex["obj_ctrl2d"], scale)
   for a, b in _EDGES:
     cv2.line(img, _pt(c2[a], 1), _pt(c2[b], 1), (255, 255, 255), 1,
              cv2.LINE_AA)
@@ -56,27 +44,20 @@ def draw_example(ex: dict, scale: int) -> np.ndarray:
     color = (255, 255, 255) if i < 8 else (255, 255, 0) if i < 20 else (
         0, 255, 255)
     cv2.circle(img, _pt(p, 1), 3, color, -1, cv2.LINE_AA)
-  for color, chain in _CHAINS.values():
-    for a, b in zip(chain[:-1], chain[1:]):
-      cv2.line(img, _pt(j2[a], 1), _pt(j2[b], 1), color, 2, cv2.LINE_AA)
-    for j in chain[1:]:
-      cv2.circle(img, _pt(j2[j], 1), 3, color, -1, cv2.LINE_AA)
-  cv2.circle(img, _pt(j2[0], 1), 4, (255, 255, 255), -1, cv2.LINE_AA)
+  viz.draw_skeleton(img, j2, thickness=2, order="ho3d")
+  for chain, color in zip(viz.HAND_CHAINS["ho3d"], viz.FINGER_COLOURS):
+    viz.draw_points(img, j2[list(chain[1:])], color, radius=3)
+  viz.draw_points(img, j2[:1], (255, 255, 255), radius=4)
   for box, color in ((ex["hand_box"], (0, 255, 0)),
                      (ex["obj_box"], (255, 140, 0))):
-    b = tr(np.reshape(box, (2, 2)))
+    b = viz.upscale_points(np.reshape(box, (2, 2)), scale)
     cv2.rectangle(img, _pt(b[0], 1), _pt(b[1], 1), color, 1)
   return img
 
 
 def draw_masks(ex: dict, scale: int) -> np.ndarray:
-  h, w = ex["hand_mask"].shape
-  m = np.zeros((h, w, 3), np.uint8)
-  m[ex["hand_mask"]] = (0, 200, 0)
-  m[ex["obj_mask"]] = (255, 140, 0)
-  blend = (0.4 * ex["image"] + 0.6 * m).astype(np.uint8)
-  return cv2.resize(blend, (w * scale, h * scale),
-                    interpolation=cv2.INTER_NEAREST)
+  return viz.upscale(viz.overlay_masks(ex["image"], [ex["hand_mask"], ex["obj_mask"]],
+                                       [(0, 200, 0), (255, 140, 0)], opacity=0.6), scale)
 
 
 def main():
@@ -109,7 +90,7 @@ def main():
   sep = np.full((cols[0].shape[0], 4, 3), 255, np.uint8)
   grid = np.concatenate(sum([[c, sep] for c in cols], [])[:-1], axis=1)
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-  cv2.imwrite(args.out, grid[..., ::-1])
+  viz.write_png(args.out, grid)
   print(f"wrote {args.out} {grid.shape}")
 
 

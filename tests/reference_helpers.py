@@ -1,10 +1,24 @@
 """Imports of the PyTorch reference libraries used by parity tests.
 
-The one place for the torchvision import workaround: see `import_timm`.
+A reference test that cannot import its reference FAILS, it never skips: a
+silently skipped parity test would let CI pass without the check. Every test
+that imports torch, timm or smplx gets them through `import_torch`,
+`import_timm` or `import_smplx` and carries `@pytest.mark.reference`. The
+failure is one line naming the package and the fix:
+
+  pip install -e ".[reference]"
+
+Users without the `reference` extra deselect these tests instead:
+
+  python -m pytest -m "not reference"
+
+Also the one place for the torchvision import workaround: see
+`_no_fake_kernel_registration`.
 """
 from __future__ import annotations
 
 import contextlib
+import importlib
 import types
 
 import pytest
@@ -40,21 +54,30 @@ def _no_fake_kernel_registration(torch):
     torch.library.register_fake = original
 
 
-def import_torch() -> types.ModuleType:
-  """Returns torch or skips the calling test."""
+def _import(package: str) -> types.ModuleType:
+  """Imports `package`, or fails the calling test with one line naming it and the fix."""
   try:
-    import torch  # pylint: disable=import-outside-toplevel
+    return importlib.import_module(package)
   except Exception as e:  # pylint: disable=broad-except
-    pytest.skip(f"torch not importable: {e!r}")
-  return torch
+    error = f"{type(e).__name__}: {e}"
+  # Outside the except block: no chained traceback, only the line below.
+  pytest.fail(f"reference test: cannot import {package} ({error}); install the reference extra with "
+              f"`pip install -e \".[reference]\"` or deselect with -m \"not reference\"", pytrace=False)
+
+
+def import_torch() -> types.ModuleType:
+  """Returns torch; fails the calling test (one line) when it cannot be imported."""
+  return _import("torch")
 
 
 def import_timm() -> types.ModuleType:
-  """Returns the timm module (see the workaround above) or skips the test."""
+  """Returns the timm module (with the torchvision workaround above); fails the test if it cannot."""
   torch = import_torch()
-  try:
-    with _no_fake_kernel_registration(torch):
-      import timm  # pylint: disable=import-outside-toplevel
-  except Exception as e:  # pylint: disable=broad-except
-    pytest.skip(f"timm not importable: {e!r}")
-  return timm
+  with _no_fake_kernel_registration(torch):
+    return _import("timm")
+
+
+def import_smplx() -> types.ModuleType:
+  """Returns the smplx module; fails the calling test when it (or torch) cannot be imported."""
+  import_torch()
+  return _import("smplx")

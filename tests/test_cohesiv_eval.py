@@ -223,34 +223,6 @@ def test_predicted_query_row_scores_unmatched_hand_as_empty():
 # ---- Figures -----------------------------------------------------------------------------------------
 
 
-def test_pca_rgb_on_a_constructed_embedding_matches_eigh_reference():
-  """Z = a u1 + b u2 + c u3 + mean, std(a) > std(b) > std(c), u orthonormal in F = 8: the components
-  are (up to the fixed sign) the eigenvectors of the covariance (NumPy float64 eigh), z-scored."""
-  rng = np.random.default_rng(1)
-  h, w, f = 12, 15, 8
-  basis, _ = np.linalg.qr(rng.normal(size=(f, f)))
-  coef = rng.normal(size=(h * w, 3)) * np.array([5.0, 2.0, 0.7])
-  z = (coef @ basis[:, :3].T + rng.normal(size=f)).reshape(h, w, f)
-  comps = figures.pca_components(z)
-  x = z.reshape(-1, f) - z.reshape(-1, f).mean(0)
-  evals, evecs = np.linalg.eigh(x.T @ x)
-  ref = x @ evecs[:, ::-1][:, :3]
-  ref /= ref.std(axis=0)
-  for k in range(3):
-    sign = np.sign(np.dot(ref[:, k], comps.reshape(-1, 3)[:, k]))
-    np.testing.assert_allclose(comps.reshape(-1, 3)[:, k], sign * ref[:, k], atol=1e-5)
-  np.testing.assert_allclose(comps.reshape(-1, 3).mean(0), 0, atol=1e-5)
-  np.testing.assert_allclose(comps.reshape(-1, 3).std(0), 1, atol=1e-5)
-  rgb = figures.pca_rgb(z)
-  assert rgb.shape == (h, w, 3) and rgb.dtype == np.uint8
-  expect = np.round(np.clip((comps + 2.0) / 4.0, 0, 1) * 255)
-  assert np.max(np.abs(rgb.astype(int) - expect)) <= 1
-  # Constant and rank-1 embeddings stay finite (missing components are mid-grey).
-  assert np.all(figures.pca_rgb(np.ones((4, 4, 5))) == 128)
-  r1 = figures.pca_rgb(np.arange(16.0).reshape(4, 4, 1) * np.ones(5))
-  assert np.all(r1[..., 1:] == 128) and r1[..., 0].std() > 0
-
-
 def test_figure_shapes_and_colours():
   h, w = 16, 24
   img = np.full((h, w, 3), 100, np.uint8)
@@ -264,9 +236,6 @@ def test_figure_shapes_and_colours():
   assert tuple(over[3, 5]) == (0, 255, 255)  # both: cyan
   assert tuple(over[12, 20]) == (100, 100, 100)
   assert tuple(figures.all_masks_overlay(img, hand, opacity=1.0)[0, 0]) == (255, 0, 0)
-  v = figures.viridis(np.array([[0.0, 1.0]]))
-  ref = cv2.applyColorMap(np.array([[0, 255]], np.uint8), cv2.COLORMAP_VIRIDIS)[..., ::-1]
-  assert np.array_equal(v, ref)
   z = np.random.default_rng(0).normal(size=(h, w, 6))
   att = np.zeros((2, h, w))
   panel = figures.cohesiv_figure(img, z, np.array([[5.0, 3.0], [20.0, 12.0]]), att,
@@ -285,7 +254,7 @@ SIZE = 32
 
 
 def tiny_examples(num: int, seed: int) -> dict[str, np.ndarray]:
-  """Examples in the pseudo-label format (notes/pseudo_format.md), random images, rectangle GT."""
+  """Examples in the pseudo-label format (FEATURES in the input_pipeline.cohesiv_examples docstring), random images, rectangle GT."""
   rng = np.random.default_rng(seed)
   n = 2
   d = {k: [] for k in ("image", "responsibility", "query_point", "query_valid", "hand_box", "person_mask",

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from handobj_jax.losses import cohesiv_losses as cl
+from reference_helpers import import_torch
 
 RTOL = 1e-5
 
@@ -95,7 +96,7 @@ def test_smooth_l1_matches_formula_and_both_branches():
 
 @pytest.mark.reference
 def test_smooth_l1_matches_torch():
-  torch = pytest.importorskip("torch")
+  torch = import_torch()
   rng = np.random.default_rng(0)
   pred = rng.uniform(-1, 2, size=(2, 3, 5, 6)).astype(np.float32)
   tgt = rng.uniform(0, 1, size=pred.shape).astype(np.float32)

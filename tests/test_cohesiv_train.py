@@ -1,13 +1,12 @@
 """COHESIV training: the task's loss wiring, masks, centre head, visualisation; the `train` job end to end
 (one step, kill-and-resume parity through the real tf.data pipeline, inference statistics); configs.
 
-Pseudo-labelled examples are made here in the format of notes/pseudo_format.md from the synthetic world
-(`generate_clip` + `clip_responsibility` + `pseudo_labels`) and served by a minimal in-memory builder, so
-these tests do not depend on the pseudo-labelling job; `test_smoke_config_through_the_job` runs the real
-one when `input_pipeline.cohesiv_examples` is present.
+Pseudo-labelled examples are made here in the format of `input_pipeline.cohesiv_examples` (FEATURES in its
+docstring) from the synthetic world (`generate_clip` + `clip_responsibility` + `pseudo_labels`) and served
+by a minimal in-memory builder, so these tests do not depend on the pseudo-labelling job;
+`test_smoke_config_through_the_job` runs the real one.
 """
 
-import importlib.util
 import os
 
 import jax
@@ -18,9 +17,9 @@ import tensorflow as tf
 
 from configs import cohesiv as cohesiv_configs
 from handobj_jax import jobs
+from handobj_jax import viz
 from handobj_jax.geometry import responsibility as resp_lib
 from handobj_jax.jobs import train as train_job
-from handobj_jax.models import cohesiv
 from handobj_jax.tasks import cohesiv_task
 from handobj_jax.train import trainer
 from input_pipeline import pipeline
@@ -219,29 +218,10 @@ def test_visualize_panels():
     img = images[name]
     rows = max(1, int(b["query_valid"][i].sum()))
     assert img.dtype == np.uint8 and img.shape == (rows * SIZE, 6 * SIZE, 3)
-  # The attention tile is OpenCV's viridis of the clamped attention.
+  # The attention tile is the viridis colouring (tests/test_viz.py) of the clamped attention.
   out = jax.device_get(task._forward(variables, jnp.asarray(b["image"][:1]), jnp.asarray(b["query_point"][:1])))
   att = np.clip(out["attention"][0, int(np.flatnonzero(b["query_valid"][0])[0])], 0, 1)
-  ref = cv2_viridis(att)
-  np.testing.assert_array_equal(images["cohesiv_0"][20:SIZE, SIZE:2 * SIZE], ref[20:])
-
-
-def cv2_viridis(values):
-  import cv2  # pylint: disable=import-outside-toplevel
-  u8 = np.round(np.clip(values, 0, 1) * 255).astype(np.uint8)
-  return cv2.applyColorMap(u8, cv2.COLORMAP_VIRIDIS)[..., ::-1]
-
-
-def test_pca_rgb_follows_the_dominant_direction_and_is_finite_when_constant():
-  rng = np.random.default_rng(0)
-  a = np.linspace(-1, 1, 16 * 16).reshape(16, 16)
-  direction = rng.normal(size=8)
-  z = a[..., None] * direction * 10 + 0.01 * rng.normal(size=(16, 16, 8))
-  rgb = cohesiv_task.embedding_pca_rgb(z.astype(np.float32))
-  corr = np.corrcoef(rgb[..., 0].ravel().astype(float), a.ravel())[0, 1]
-  assert abs(corr) > 0.99
-  const = cohesiv_task.embedding_pca_rgb(np.ones((8, 8, 4), np.float32))
-  assert const.dtype == np.uint8 and const.shape == (8, 8, 3)
+  np.testing.assert_array_equal(images["cohesiv_0"][20:SIZE, SIZE:2 * SIZE], viz.viridis(att)[20:])
 
 
 # ---- Job -----------------------------------------------------------------------------------------
@@ -332,8 +312,6 @@ def test_config_variants():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(importlib.util.find_spec("input_pipeline.cohesiv_examples") is None,
-                    reason="input_pipeline.cohesiv_examples (pseudo-labelling) not written yet")
 def test_smoke_config_through_the_job(tmp_path):
   """`python -m handobj_jax.main --config=configs/cohesiv.py:smoke` minus flag parsing: builds the tiny
   synthetic source and its pseudo-labels under a fresh data dir, trains 2 steps, writes the stats."""

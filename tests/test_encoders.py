@@ -13,6 +13,8 @@ import pytest
 from handobj_jax import errors
 from handobj_jax.models import encoders
 from handobj_jax.models import pretrained
+from reference_helpers import import_timm
+from reference_helpers import import_torch
 
 # Published timm parameter counts (torch `parameters()`, classifier included),
 # as listed on the timm model cards / torchvision docs: independent of this code.
@@ -220,9 +222,8 @@ def test_load_pretrained_npz(tmp_path):
 
 
 def _timm_model_with_random_bn(arch):
-  from reference_helpers import import_timm  # pylint: disable=import-outside-toplevel
   timm = import_timm()
-  import torch  # pylint: disable=import-outside-toplevel
+  torch = import_torch()
   torch.manual_seed(0)
   model = timm.create_model(arch, pretrained=False).eval()
   gen = torch.Generator().manual_seed(1)

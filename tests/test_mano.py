@@ -5,7 +5,6 @@ References: an independent float64 NumPy LBS written here, and (marked
 """
 import collections
 import functools
-import importlib.util
 import io
 import os
 import pickle
@@ -20,6 +19,8 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from handobj_jax.models import mano
+from reference_helpers import import_smplx
+from reference_helpers import import_torch
 
 TOL_M = 1e-5  # metres
 SIDES = ("right", "left")
@@ -483,19 +484,10 @@ def test_convert_script(tmp_path):
 # ---------------------------------------------------------------------------
 
 
-def _smplx_or_skip():
-  try:
-    import smplx  # pylint: disable=g-import-not-at-top
-    import torch  # pylint: disable=g-import-not-at-top
-  except ImportError as e:  # pragma: no cover
-    pytest.skip(f"smplx/torch not importable: {e}")
-  return smplx, torch
-
-
 @pytest.mark.reference
 @pytest.mark.parametrize("side", SIDES)
 def test_parity_with_smplx(tmp_path, side):
-  smplx, torch = _smplx_or_skip()
+  smplx, torch = import_smplx(), import_torch()
   model = mano.synthetic_mano_model(side)
   folder = tmp_path / "mano"
   folder.mkdir()

@@ -27,7 +27,7 @@ from input_pipeline import tfds_synthetic
 
 H = W = 64
 N = 2
-# The contract (notes/pseudo_format.md): field -> (shape, dtype).
+# The contract (FEATURES in the input_pipeline.cohesiv_examples docstring): field -> (shape, dtype).
 CONTRACT = {
     "image": ((H, W, 3), np.uint8),
     "responsibility": ((N, H, W), np.uint8),
@@ -192,26 +192,59 @@ def _records(out):
   return keys, raw
 
 
+# Run in a child process by the kill-and-restart test: the generator source of `configs/pseudolabel.py:tiny`
+# through the public `build_pseudolabels(source=...)`, its `read` stalling for good before one clip, so the
+# process is certain to be mid-run (a shard's clips partly labelled and written) when the test kills it.
+_STALLING_BUILD = """
+import sys, threading
+from configs import pseudolabel as pseudolabel_config
+from input_pipeline import cohesiv_examples as ce
+data_dir, stall_at, shard_clips, batch_clips = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+config = pseudolabel_config.get_config("tiny")
+config.data.data_dir = data_dir
+config.pseudo.source, config.pseudo.shard_clips, config.pseudo.batch_clips = "generator", shard_clips, batch_clips
+source = ce.make_source(config)
+read = source.read
+def stalling_read(split, start, stop):
+  for i, clip in read(split, start, stop):
+    if (split, i) == ("train", stall_at):
+      threading.Event().wait()  # Until SIGKILL.
+    yield i, clip
+source.read = stalling_read
+ce.build_pseudolabels(config, data_dir, source=source)
+"""
+
+
 def test_kill_and_restart_loses_and_duplicates_nothing(tmp_path):
+  """SIGKILL mid-run (train shard 0 of 2 finished, shard 1 open), then a restart: the result equals an
+  uninterrupted build record for record, byte for byte. 3 clips per shard, batches of 1 clip."""
   killed_dir, ref_dir = tmp_path / "killed", tmp_path / "ref"
   killed_dir.mkdir()
   ref_dir.mkdir()
-  overrides = dict(source="generator", shard_clips=2, batch_clips=2)
-  cmd = [sys.executable, "-m", "handobj_jax.main", "--config=configs/pseudolabel.py:tiny",
-         f"--workdir={tmp_path / 'work'}", f"--config.data.data_dir={killed_dir}",
-         "--config.pseudo.source=generator", "--config.pseudo.debug_sleep_after_shard_s=60"]
-  proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  overrides = dict(source="generator", shard_clips=3, batch_clips=1)
+  # Train clips 0-2 form shard 0, 3-5 shard 1; the child stalls at clip 5 at the latest (clip 3 labelled and
+  # written by then), the test kills it as soon as shard 0 is finished and shard 1's file is open.
+  cmd = [sys.executable, "-c", _STALLING_BUILD, str(killed_dir), "5", "3", "1"]
+  log = tmp_path / "killed_build.log"
   out = ce.output_dir(str(killed_dir), "synthetic_world_tiny")
-  try:
-    deadline = time.time() + 90
-    while not glob.glob(os.path.join(out, "_progress", "*.json")):
-      assert proc.poll() is None, "job ended before writing a shard"
-      assert time.time() < deadline, "no shard written in 90 s"
-      time.sleep(0.2)
-  finally:
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-  assert len(glob.glob(os.path.join(out, "_progress", "*.json"))) == 1
+
+  def mid_run():  # Shard 0 finished, shard 1's temporary file open.
+    return (glob.glob(os.path.join(out, "_progress", "*.json")) and os.path.isdir(out)
+            and [f for f in os.listdir(out) if f.startswith(".tmp-")])
+
+  with open(log, "wb") as stderr:
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=stderr)
+    try:
+      deadline = time.time() + 180
+      while not mid_run():
+        assert proc.poll() is None, f"build ended before the stall: {log.read_text()[-2000:]}"
+        assert time.time() < deadline, f"not mid-run after 180 s: {log.read_text()[-2000:]}"
+        time.sleep(0.2)
+    finally:
+      proc.send_signal(signal.SIGKILL)
+      proc.wait()
+  assert [os.path.basename(f) for f in glob.glob(os.path.join(out, "_progress", "*.json"))] == [
+      f"{ce.DATASET_NAME}-train.tfrecord-00000-of-00002.json"]
   assert not os.path.exists(os.path.join(out, "dataset_info.json"))
   assert job.build_pseudolabels(_config(killed_dir, **overrides), str(killed_dir)) == out
   ref = job.build_pseudolabels(_config(ref_dir, **overrides), str(ref_dir))

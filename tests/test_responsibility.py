@@ -12,6 +12,7 @@ import pytest
 from scipy import ndimage
 
 from handobj_jax.geometry import responsibility as rs
+import jax_modes
 
 
 def _eq12_numpy(flow, homs, hand_valid, temperature=2.0):
@@ -40,28 +41,19 @@ def _random_homs(rng, n):
   return homs
 
 
-def _run(mode, fn, *args):
-  if mode == "eager":
-    return fn(*args)
-  if mode == "jit":
-    return jax.jit(fn)(*args)
-  out = jax.vmap(fn)(*[jnp.asarray(a)[None] for a in args])
-  return jax.tree_util.tree_map(lambda x: x[0], out)
-
-
-@pytest.mark.parametrize("mode", ["eager", "jit", "vmap"])
+@pytest.mark.parametrize("mode", jax_modes.MODES)
 def test_responsibility_matches_numpy_eq12(mode):
   rng = np.random.default_rng(0)
   flow = rng.normal(0, 3, (13, 17, 2)).astype(np.float32)
   homs = _random_homs(rng, 3)
   valid = np.array([True, False, True])
-  r = _run(mode, rs.responsibility, flow, homs.astype(np.float32), valid)
+  r = jax_modes.run(mode, rs.responsibility, flow, homs.astype(np.float32), valid)
   ref = _eq12_numpy(flow, homs, valid)
   assert r.shape == (13, 17, 4)
   np.testing.assert_allclose(r, ref, atol=1e-5, rtol=0)   # stated: 1e-5
   np.testing.assert_allclose(np.sum(r, -1), 1.0, atol=1e-6)
   assert np.all(np.asarray(r)[..., 2] == 0.0)  # invalid hand: exactly 0
-  d = _run(mode, rs.hand_distance, flow, homs[0].astype(np.float32))
+  d = jax_modes.run(mode, rs.hand_distance, flow, homs[0].astype(np.float32))
   ys, xs = np.mgrid[0:13, 0:17]
   pred = cv2.perspectiveTransform(
       np.stack([xs, ys], -1).reshape(1, -1, 2).astype(np.float64), homs[0])
@@ -200,7 +192,7 @@ def test_two_hands_synthetic_clip_responsibility():
   np.testing.assert_allclose(r, ref, atol=2e-4)
 
 
-@pytest.mark.parametrize("mode", ["eager", "jit", "vmap"])
+@pytest.mark.parametrize("mode", jax_modes.MODES)
 def test_clip_masks_offsets_and_hands(mode):
   rng = np.random.default_rng(4)
   flow, verts, homs, _ = _synthetic_clip(rng, size=32, num_k=6)
@@ -210,7 +202,7 @@ def test_clip_masks_offsets_and_hands(mode):
   verts = verts.copy()
   verts[1] += 100.0
   fn = lambda f, fv, v, hv: rs.clip_responsibility(f, fv, v, None, hv)  # noqa
-  r, ok = _run(mode, fn, flow, flow_valid, verts, hand_valid)
+  r, ok = jax_modes.run(mode, fn, flow, flow_valid, verts, hand_valid)
   ok = np.asarray(ok)
   assert ok.shape == (6, 2)
   np.testing.assert_array_equal(ok[:, 0], flow_valid)

@@ -291,7 +291,7 @@ def test_sequence_determinism(sequence):
 def test_tfds_builders_offline_round_trip(tmp_path):
   """Both builders build `tiny` offline; decoded examples equal a fresh
   generator call with the stored seed (shapes, dtypes and values)."""
-  tfds = pytest.importorskip("tensorflow_datasets")
+  import tensorflow_datasets as tfds  # A core dependency: missing, the test fails rather than skips.
   from input_pipeline import tfds_ho3d_synth as builders
   b = builders.SyntheticHo3d(config="tiny", data_dir=str(tmp_path))
   b.download_and_prepare()

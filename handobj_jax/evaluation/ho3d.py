@@ -1,15 +1,24 @@
 """HO-3D hand and object pose metrics (NumPy float64, host side).
 
-Definitions follow /work/shared/reference/metrics.md (the public HO-3D
-evaluation protocol and the released supervised code of Semi-Hand-Object):
+Definitions follow the public HO-3D evaluation protocol (the challenge's
+evaluation script) and the released supervised code of Semi-Hand-Object.
+This module is the one place they are written down; the JAX twins of the two
+alignments, `handobj_jax.geometry.procrustes`, refer here.
 
 Hands. Inputs in metres, OpenGL camera frame; joints [N, 21, 3] in MANO's 16
 joints + 5 fingertips order, vertices [N, 778, 3].
   * Procrustes alignment per sample, joints and mesh independently
-    (reflections allowed, scipy.linalg.orthogonal_procrustes semantics).
-  * Scale+translation alignment: bone joint 0 -> joint 4 scaled to the
-    ground truth's length, then the wrist moved onto the true wrist
-    (reported for joints only).
+    (`procrustes_align_np`): centre both sets, divide each by its Frobenius
+    norm + 1e-8, R, s = scipy.linalg.orthogonal_procrustes(gt, pred) (R = U V^T
+    from the SVD of gt^T pred, s = sum of its singular values; reflections
+    are NOT excluded), aligned = (pred @ R^T) * s * (||gt_centred|| + 1e-8)
+    + mean(gt). All-zero predictions collapse onto the GT centroid.
+  * Scale+translation alignment (`scale_translation_align_np`, joints only),
+    in the protocol's order: divide the whole prediction by its own bone
+    length s = |pred[4] - pred[0]| (skipped when s = 0), multiply it by the
+    ground truth's |gt[4] - gt[0]|, then move the predicted wrist (joint 0)
+    onto the true wrist. The effective scale is |gt bone| / s, and |gt bone|
+    itself when s = 0 (not 1): always finite for finite input.
   * Mean error: per keypoint averaged over samples, then over keypoints.
   * AUC: PCK (error <= threshold) at linspace(0, 0.05 m, 100), per keypoint
     trapz(pck) / trapz(1), then averaged over keypoints.
@@ -80,7 +89,11 @@ def _check_pair(name: str, pred: np.ndarray, gt: np.ndarray,
 
 
 def procrustes_align_np(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
-  """Float64 Procrustes alignment, [..., K, 3] -> [..., K, 3] (see module)."""
+  """Float64 Procrustes alignment, [..., K, 3] -> [..., K, 3] (see module).
+
+  For host-side evaluation; `handobj_jax.geometry.procrustes.procrustes_align`
+  is the float32 JAX twin for on-device validation metrics.
+  """
   pred, gt = _check_pair("procrustes_align_np", pred, gt)
   mu_p = pred.mean(-2, keepdims=True)
   mu_g = gt.mean(-2, keepdims=True)
@@ -97,13 +110,25 @@ def procrustes_align_np(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
 def scale_translation_align_np(pred: np.ndarray, gt: np.ndarray,
                                root: int = 0,
                                scale_ref: int = 4) -> np.ndarray:
-  """Float64 scale + translation alignment (scale 1 for a zero bone)."""
+  """Float64 scale + translation alignment in the protocol's order (module).
+
+  Divides pred by |pred[scale_ref] - pred[root]| (not when it is 0),
+  multiplies by |gt[scale_ref] - gt[root]|, then moves pred[root] onto
+  gt[root]. `handobj_jax.geometry.procrustes.scale_translation_align` is the
+  float32 JAX twin.
+  """
   pred, gt = _check_pair("scale_translation_align_np", pred, gt)
-  len_p = np.linalg.norm(pred[..., scale_ref, :] - pred[..., root, :], axis=-1)
-  len_g = np.linalg.norm(gt[..., scale_ref, :] - gt[..., root, :], axis=-1)
-  scale = np.where(len_p > 0, len_g / np.where(len_p > 0, len_p, 1.0), 1.0)
-  return ((pred - pred[..., root:root + 1, :]) * scale[..., None, None] +
-          gt[..., root:root + 1, :])
+  k = pred.shape[-2]
+  if not (0 <= root < k and 0 <= scale_ref < k):
+    raise ValueError(f"scale_translation_align_np: root={root} / scale_ref="
+                     f"{scale_ref} out of range for K={k}")
+  len_p = np.linalg.norm(pred[..., scale_ref, :] - pred[..., root, :],
+                         axis=-1)[..., None, None]
+  len_g = np.linalg.norm(gt[..., scale_ref, :] - gt[..., root, :],
+                         axis=-1)[..., None, None]
+  pred = np.where(len_p > 0, pred / np.where(len_p > 0, len_p, 1.0), pred)
+  pred = pred * len_g
+  return pred - pred[..., root:root + 1, :] + gt[..., root:root + 1, :]
 
 
 def keypoint_errors(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:

@@ -11,8 +11,8 @@ Tasks, for an image with hands 0..N-1 and query hand n:
 The same composition turns per-hand predictions into the four predicted masks
 (`compose_tasks`).
 
-IoU conventions (the paper does not state them; both are computed, as
-/work/shared/reference/metrics.md asks):
+IoU conventions (COHESIV Sec. 4.1 does not state which; both are computed
+and reported):
   * per_example: mean over (image, query hand) examples of |P & G| / |P | G|,
     EXCLUDING examples whose union is empty (prediction and ground truth both
     empty, e.g. Obj for a hand that holds nothing and a method that predicts

@@ -1,20 +1,16 @@
-"""Similarity alignment of point sets (JAX, batched over leading dims).
+"""Similarity alignment of point sets (JAX float32, batched over leading dims).
 
-Points are [..., K, 3] float32 in any consistent unit (HO-3D: metres, OpenGL
-camera frame). Conventions follow the HO-3D evaluation protocol
-(/work/shared/reference/metrics.md):
+The on-device twins of `handobj_jax.evaluation.ho3d.procrustes_align_np` and
+`scale_translation_align_np` (NumPy float64, host-side evaluation), for
+validation metrics computed inside a jitted eval step. Both follow the HO-3D
+evaluation protocol exactly as defined once, in the `handobj_jax.evaluation.ho3d`
+module docstring, and are tested against the NumPy versions.
 
-* `procrustes_align(pred, gt)`: centre both sets, divide each by its
-  Frobenius norm (+1e-8), R, s = orthogonal Procrustes of (gt, pred) with
-  scipy.linalg.orthogonal_procrustes semantics (R = U V^T from the SVD of
-  gt^T pred, s = sum of singular values; reflections are NOT excluded), and
-  return (pred @ R^T) * s * ||gt_centred|| + mean(gt).
-* `scale_translation_align(pred, gt)`: scale pred so that |p[j1] - p[j0]|
-  equals the ground truth's, then move p[j0] onto gt[j0].
-
-Forward values are finite for degenerate input (e.g. all-zero predictions map
-to the ground-truth centroid). Gradients through the SVD are undefined for
-repeated singular values; these functions are meant for evaluation.
+Points are [..., K, 3] in any consistent unit (HO-3D: metres, OpenGL camera
+frame). Forward values are finite for degenerate input (e.g. all-zero
+predictions map to the ground-truth centroid). Gradients through the SVD are
+undefined for repeated singular values; these functions are meant for
+evaluation.
 """
 
 from __future__ import annotations
@@ -44,8 +40,18 @@ def orthogonal_procrustes(a: Array, b: Array) -> tuple[Array, Array]:
   return jnp.matmul(u, vt, precision=_HIGHEST), jnp.sum(sv, axis=-1)
 
 
+def _check_pair(name: str, pred: Array, gt: Array) -> tuple[Array, Array]:
+  """Both [..., K, 3] of one shape (else ValueError naming `name`), as float32."""
+  if pred.shape != gt.shape or pred.shape[-1] != 3 or pred.ndim < 2:
+    raise ValueError(f"{name}: pred and gt must both be [..., K, 3]; got "
+                     f"{pred.shape} and {gt.shape}")
+  return pred.astype(jnp.float32), gt.astype(jnp.float32)
+
+
 def procrustes_align(pred: Array, gt: Array) -> Array:
   """Aligns `pred` onto `gt` with a similarity transform (HO-3D protocol).
+
+  Same definition as `ho3d.procrustes_align_np` (see that module), in float32.
 
   Args:
     pred: [..., K, 3] predicted points.
@@ -54,11 +60,7 @@ def procrustes_align(pred: Array, gt: Array) -> Array:
   Returns:
     [..., K, 3] float32 aligned prediction.
   """
-  if pred.shape != gt.shape or pred.shape[-1] != 3 or pred.ndim < 2:
-    raise ValueError(f"procrustes_align: pred and gt must both be [..., K, 3]"
-                     f"; got {pred.shape} and {gt.shape}")
-  pred = pred.astype(jnp.float32)
-  gt = gt.astype(jnp.float32)
+  pred, gt = _check_pair("procrustes_align", pred, gt)
   mu_p = jnp.mean(pred, axis=-2, keepdims=True)
   mu_g = jnp.mean(gt, axis=-2, keepdims=True)
   p0 = pred - mu_p
@@ -70,13 +72,23 @@ def procrustes_align(pred: Array, gt: Array) -> Array:
   return aligned * s[..., None, None] * n_g + mu_g
 
 
+def _bone_length(x: Array, root: int, scale_ref: int) -> Array:
+  """|x[scale_ref] - x[root]| as [..., 1, 1]; gradient 0 (not NaN) at 0."""
+  d = x[..., scale_ref, :] - x[..., root, :]
+  sq = jnp.sum(d * d, axis=-1)[..., None, None]
+  ok = sq > 0
+  return jnp.where(ok, jnp.sqrt(jnp.where(ok, sq, 1.0)), 0.0)
+
+
 def scale_translation_align(pred: Array, gt: Array, root: int = 0,
                             scale_ref: int = 4) -> Array:
   """Scale + translation alignment (HO-3D "sc-tr" protocol).
 
-  The scale is |gt[scale_ref] - gt[root]| / |pred[scale_ref] - pred[root]|
-  (scale 1 when the predicted bone has zero length, so that only the
-  translation acts), then the predicted root is moved onto the true root.
+  Same arithmetic, in the same order, as `ho3d.scale_translation_align_np`
+  (see that module): pred / |pred[scale_ref] - pred[root]| (skipped when that
+  length is 0) * |gt[scale_ref] - gt[root]|, then pred[root] moved onto
+  gt[root]. A zero-length predicted bone is scaled by the ground truth's
+  length, not by 1.
 
   Args:
     pred, gt: [..., K, 3].
@@ -86,18 +98,14 @@ def scale_translation_align(pred: Array, gt: Array, root: int = 0,
   Returns:
     [..., K, 3] float32.
   """
-  if pred.shape != gt.shape or pred.shape[-1] != 3 or pred.ndim < 2:
-    raise ValueError(f"scale_translation_align: pred and gt must both be "
-                     f"[..., K, 3]; got {pred.shape} and {gt.shape}")
+  pred, gt = _check_pair("scale_translation_align", pred, gt)
   k = pred.shape[-2]
   if not (0 <= root < k and 0 <= scale_ref < k):
     raise ValueError(f"scale_translation_align: root={root} / scale_ref="
                      f"{scale_ref} out of range for K={k}")
-  pred = pred.astype(jnp.float32)
-  gt = gt.astype(jnp.float32)
-  len_p = jnp.linalg.norm(pred[..., scale_ref, :] - pred[..., root, :], axis=-1)
-  len_g = jnp.linalg.norm(gt[..., scale_ref, :] - gt[..., root, :], axis=-1)
+  len_p = _bone_length(pred, root, scale_ref)
+  len_g = _bone_length(gt, root, scale_ref)
   ok = len_p > 0
-  scale = jnp.where(ok, len_g / jnp.where(ok, len_p, 1.0), 1.0)
-  rel = pred - pred[..., root:root + 1, :]
-  return rel * scale[..., None, None] + gt[..., root:root + 1, :]
+  pred = jnp.where(ok, pred / jnp.where(ok, len_p, 1.0), pred)
+  pred = pred * len_g
+  return pred - pred[..., root:root + 1, :] + gt[..., root:root + 1, :]

@@ -44,6 +44,7 @@ from handobj_jax import config_lib
 from handobj_jax import console
 from handobj_jax import jobs
 from handobj_jax import preemption
+from handobj_jax import viz
 from handobj_jax.evaluation import baselines
 from handobj_jax.evaluation import cohesiv_eval
 from handobj_jax.evaluation import figures
@@ -453,6 +454,6 @@ def write_figures(out_dir: str, figure_inputs, params) -> list[str]:
     panel = figures.cohesiv_figure(f["image"], f["z"], f["query_point"][hands], f["attention"][hands],
                                    hand, obj)
     path = os.path.join(out_dir, f["id"].replace("/", "_") + ".png")
-    figures.write_png(path, panel)
+    viz.write_png(path, panel)
     paths.append(path)
   return paths

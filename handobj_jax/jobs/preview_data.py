@@ -14,9 +14,10 @@ from absl import logging
 
 from handobj_jax import console
 from handobj_jax import jobs
+from handobj_jax import viz
 from input_pipeline import datasets
 from input_pipeline import pipeline
-from input_pipeline import viz
+from input_pipeline import viz as clip_viz
 
 
 def run(config, workdir: str) -> dict[str, tuple[int, ...]]:
@@ -34,7 +35,7 @@ def run(config, workdir: str) -> dict[str, tuple[int, ...]]:
   if jax.process_index() == 0:
     clip = {k: np.asarray(v.addressable_shards[0].data[0]) for k, v in batch.items()}
     path = os.path.join(out_dir, "contact_sheet.png")
-    viz.write_png(path, viz.contact_sheet(clip))
+    viz.write_png(path, clip_viz.contact_sheet(clip))
     logging.info("wrote %s", path)
   console.say(f"dataset {builder.info.full_name} at {builder.data_dir}: "
               f"{ {s: builder.info.splits[s].num_examples for s in builder.info.splits} }")

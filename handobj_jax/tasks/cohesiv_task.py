@@ -46,15 +46,14 @@ from __future__ import annotations
 
 from typing import Any
 
-import cv2
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from handobj_jax import viz
 from handobj_jax.losses import cohesiv_losses
 from handobj_jax.models import cohesiv
 from handobj_jax.models import pretrained as pretrained_lib
-from input_pipeline import viz
 
 Batch = dict[str, jax.Array]
 
@@ -216,28 +215,25 @@ class CohesivTask:
     height, width = image.shape[:2]
     scale = max(1, int(np.ceil(self.config.viz.tile / max(height, width))))
     rgb = np.clip(image * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    pca = embedding_pca_rgb(out["z"])
+    pca = viz.upscale(viz.pca_rgb(out["z"]), scale)
     masks = viz.overlay_masks(rgb, [ex["person_mask"].astype(bool), ex["object_mask"].astype(bool)],
-                    [PERSON_RGB, OBJECT_RGB])
+                              [PERSON_RGB, OBJECT_RGB])
+    masks = viz.upscale(masks, scale)
     target = np.asarray(ex["responsibility"], np.float32)
     if ex["responsibility"].dtype == np.uint8:
       target = target / 255.0
     hands = np.flatnonzero(np.asarray(ex["query_valid"], bool))
     rows = []
     for n in (hands if hands.size else [0]):
-      query = rgb.copy()
-      up = _upscale(query, scale)
-      x, y = np.asarray(ex["query_point"][n], np.float64) * scale
-      if np.isfinite(x) and np.isfinite(y):
-        cv2.circle(up, (int(round(x)), int(round(y))), 3 * scale // 2 + 2, (255, 255, 255), -1)
-        cv2.circle(up, (int(round(x)), int(round(y))), scale // 2 + 2, QUERY_RGB, -1)
-      tiles = [_label(up, f"query hand {n}"),
-               _label(_upscale(viridis(out["attention"][n]), scale), "attention q^T K"),
-               _label(_upscale(viridis(target[n]), scale), "pseudo-label R"),
-               _label(_upscale(pca, scale), "PCA(Z)"),
-               _label(_upscale(masks, scale), "person / object")]
+      query = viz.draw_query_points(viz.upscale(rgb, scale), viz.upscale_points(ex["query_point"][n], scale),
+                                    QUERY_RGB, scale // 2 + 2)
+      tiles = [viz.label(query, f"query hand {n}"),
+               viz.label(viz.upscale(viz.viridis(out["attention"][n]), scale), "attention q^T K"),
+               viz.label(viz.upscale(viz.viridis(target[n]), scale), "pseudo-label R"),
+               viz.label(pca.copy(), "PCA(Z)"),
+               viz.label(masks.copy(), "person / object")]
       if "center" in out:
-        tiles.append(_label(_upscale(viridis(out["center"]), scale), "centre heatmap"))
+        tiles.append(viz.label(viz.upscale(viz.viridis(out["center"]), scale), "centre heatmap"))
       rows.append(np.concatenate(tiles, axis=1))
     return np.concatenate(rows, axis=0)
 
@@ -269,38 +265,3 @@ def flip_batch(batch: Batch, flip: jax.Array) -> Batch:
   box_flipped = jnp.stack([width - box[..., 2], box[..., 1], width - box[..., 0], box[..., 3]], -1)
   out["hand_box"] = sel(box, box_flipped)
   return out
-
-
-def viridis(values: np.ndarray, lo: float = 0.0, hi: float = 1.0) -> np.ndarray:
-  """[H, W] floats -> RGB uint8 with OpenCV's viridis colormap over [lo, hi] (clipped)."""
-  v = np.clip((np.asarray(values, np.float32) - lo) / max(hi - lo, 1e-12), 0.0, 1.0)
-  bgr = cv2.applyColorMap(np.round(v * 255).astype(np.uint8), cv2.COLORMAP_VIRIDIS)
-  return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-
-
-def embedding_pca_rgb(z: np.ndarray) -> np.ndarray:
-  """[H, W, F] embedding -> RGB uint8 of its first three principal components (per-channel 1st-99th
-  percentile stretched); finite for constant embeddings."""
-  h, w, f = z.shape
-  x = np.asarray(z, np.float64).reshape(-1, f)
-  x = x - x.mean(axis=0, keepdims=True)
-  _, _, vt = np.linalg.svd(x, full_matrices=False)
-  comps = x @ vt[:3].T
-  if comps.shape[1] < 3:
-    comps = np.pad(comps, ((0, 0), (0, 3 - comps.shape[1])))
-  lo, hi = np.percentile(comps, 1, axis=0), np.percentile(comps, 99, axis=0)
-  comps = np.clip((comps - lo) / np.maximum(hi - lo, 1e-12), 0.0, 1.0)
-  return np.round(comps * 255).astype(np.uint8).reshape(h, w, 3)
-
-
-def _upscale(img: np.ndarray, scale: int) -> np.ndarray:
-  if scale == 1:
-    return np.ascontiguousarray(img)
-  return cv2.resize(img, (img.shape[1] * scale, img.shape[0] * scale), interpolation=cv2.INTER_NEAREST)
-
-
-def _label(img: np.ndarray, text: str) -> np.ndarray:
-  img = np.ascontiguousarray(img)
-  cv2.putText(img, text, (3, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 0), 3, cv2.LINE_AA)
-  cv2.putText(img, text, (3, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (255, 255, 255), 1, cv2.LINE_AA)
-  return img
