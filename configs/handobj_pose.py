@@ -19,8 +19,9 @@ Variants:
            :cpu on every column of the eval report.
   cpu      Sized for 2 CPU cores, <= 25 min including the data build: `synthetic_ho3d/small` (2000 / 200 /
            200 frames at 128 px), 128x128 crops, a small SE-ResNeXt trunk ('tiny', widths 32 / 16-128) with a
-           64-channel FPN, RoI 32x32x64, narrower decoders, batch 16, Adam lr 1e-3 (not tuned), lr x 0.7 every
-           4 epochs, 12 epochs (1500 steps). See the measured time and errors in the project's notes (the
+           64-channel FPN, RoI 16x16x64, narrower decoders (1.3 M parameters), batch 16, Adam lr 1e-3 (not
+           tuned), lr x 0.7 every 5 epochs, 16 epochs (2000 steps; 0.46 s per step measured with
+           benchmarks/bench_pose_step.py). See the measured time and errors in the project's notes (the
            README's pose section quotes them). Target: Procrustes-aligned joint error below 20 mm and an
            object ADD-0.1D mean above 20% on the test split.
   cpu_no_cr / cpu_h / cpu_ho   The Table 2 ablation at :cpu size: no CR, hand query (h+), both (h+o+).
@@ -139,14 +140,15 @@ def _cpu(config: ml_collections.ConfigDict) -> None:
   config.model.tiny_stem_width = 32
   config.model.tiny_stage_planes = (16, 32, 64, 128)
   config.model.channels = 64
+  config.model.roi_size = 16       # P2 of a 128 crop is 32x32: a 16x16 RoI keeps its detail, 2.7x faster.
   config.model.mesh_stage_channels = (64, 64, 64, 128)
   config.model.mesh_hidden = (256, 128)
   config.model.object_channels = 64
   config.batch_size = 16
-  config.num_epochs = 12
+  config.num_epochs = 16
   config.log_every_steps = 25
   config.optim.learning_rate = 1e-3
-  config.optim.decay_every_epochs = 4
+  config.optim.decay_every_epochs = 5
   config.checkpoint.every_steps = 125
 
 

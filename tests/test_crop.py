@@ -75,7 +75,7 @@ def test_warp_image_exact_against_numpy_bilinear():
 
 def test_in_plane_rotation_is_a_camera_roll():
   """A proj_K(X) == proj_K'(R3 X) for a similarity crop A: labels, camera and image move together."""
-  k = np.array([[420.0, 0, 61.0], [0, 420.0, 70.0], [0, 0, 1]], np.float32)
+  k = np.array([[420.0, 0, 61.0], [0, 431.0, 70.0], [0, 0, 1]], np.float32)  # fx != fy: still exact.
   x = np.concatenate([RNG.uniform(-0.1, 0.1, (50, 2)), RNG.uniform(0.4, 0.8, (50, 1))], 1).astype(np.float32)
   for angle in (0.0, 1.1, -3.0):
     a = crop.crop_affine(jnp.array([60.0, 66.0]), 83.0, 128, angle)
@@ -84,6 +84,9 @@ def test_in_plane_rotation_is_a_camera_roll():
     x2 = crop.rotate_points(crop.rotation_about_optical_axis(jnp.float32(angle)), jnp.asarray(x))
     rhs = (x2 @ k2.T)[:, :2] / x2[:, 2:]
     np.testing.assert_allclose(np.asarray(lhs), np.asarray(rhs), atol=2e-3)
+    if angle == 0.0:  # No rotation: the plain pinhole matrix of the scaled, shifted image.
+      kk = np.asarray(k2)
+      assert kk[0, 1] == 0 and kk[1, 0] == 0 and kk[0, 0] == pytest.approx(420.0 * 128 / 83.0, rel=1e-5)
     np.testing.assert_allclose(float(crop.crop_angle(a)), np.arctan2(np.sin(angle), np.cos(angle)), atol=1e-5)
 
 

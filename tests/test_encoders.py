@@ -269,7 +269,7 @@ def test_parity_with_timm(arch):
 
 
 @pytest.mark.reference
-def test_convert_script_pth_to_npz(tmp_path):
+def test_convert_script_pth_to_npz(tmp_path, capsys):
   import importlib.util  # pylint: disable=import-outside-toplevel
   import pathlib  # pylint: disable=import-outside-toplevel
   model, torch = _timm_model_with_random_bn("resnet50")
@@ -290,7 +290,11 @@ def test_convert_script_pth_to_npz(tmp_path):
   for a, b in zip(jax.tree_util.tree_leaves(from_npz),
                   jax.tree_util.tree_leaves(from_pth)):
     np.testing.assert_array_equal(a, b)
-  # A checkpoint of another architecture fails with the offending names.
-  with pytest.raises(ValueError, match="layer1.0.conv2.weight"):
-    module.main(["--arch", "seresnext50_32x4d", "--in", str(src), "--out",
-                 str(tmp_path / "x.npz")])
+  # A checkpoint of another architecture fails in one line naming the file and the offending tensors;
+  # nothing is written.
+  capsys.readouterr()
+  assert module.main(["--arch", "seresnext50_32x4d", "--in", str(src), "--out",
+                      str(tmp_path / "x.npz")]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith(f"error: {src}") and "layer1.0.conv1.weight" in err[0]
+  assert not (tmp_path / "x.npz").exists()

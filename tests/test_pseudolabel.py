@@ -198,6 +198,7 @@ def _records(out):
 _STALLING_BUILD = """
 import sys, threading
 from configs import pseudolabel as pseudolabel_config
+from handobj_jax.jobs import pseudolabel as job
 from input_pipeline import cohesiv_examples as ce
 data_dir, stall_at, shard_clips, batch_clips = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 config = pseudolabel_config.get_config("tiny")
@@ -211,7 +212,7 @@ def stalling_read(split, start, stop):
       threading.Event().wait()  # Until SIGKILL.
     yield i, clip
 source.read = stalling_read
-ce.build_pseudolabels(config, data_dir, source=source)
+job.build_pseudolabels(config, data_dir, source=source)
 """
 
 

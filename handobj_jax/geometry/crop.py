@@ -6,13 +6,14 @@ Frames and units:
   * A crop is a 2x3 affine `A` mapping image pixels to crop pixels: p' = A [p, 1]. Here A is always a
     similarity: A = [s R(a) | b], R(a) = [[cos a, -sin a], [sin a, cos a]] (a positive angle turns the image
     content clockwise on screen, since y points down).
-  * Camera: OpenCV frame (x right, y down, z forward), intrinsics K [3, 3] with fx = fy (the crop camera
-    uses fx for both when they differ slightly, as HO-3D's nearly square pixels allow).
+  * Camera: OpenCV frame (x right, y down, z forward), intrinsics K [3, 3].
   * An in-plane rotation of the image is a rotation of the camera about its optical axis: with
     R3 = [[R(a), 0], [0, 1]], every camera-frame point X becomes R3 X and the crop's intrinsics are
-    K' = [[s fx, 0, c'x], [0, s fx, c'y], [0, 0, 1]] with c' = A [cx, cy, 1], so that
-    A proj_K(X) = proj_K'(R3 X) exactly (for fx = fy). Object poses become (R3 R, R3 t) and the MANO global
-    orientation R3 R_global; root-relative hand joints and vertices are rotated by R3 (`rotate_points`).
+    K' = [A; 0 0 1] K R3^T = [[s R(a) F R(a)^T, A [cx, cy, 1]], [0, 0, 1]] (F = diag(fx, fy)), so that
+    A proj_K(X) = proj_K'(R3 X) exactly. For square pixels (fx = fy) K' is the pinhole matrix with focal
+    s fx; otherwise its 2x2 block is F rotated (a general, still exact, projective camera). Object poses
+    become (R3 R, R3 t) and the MANO global orientation R3 R_global; root-relative hand joints and vertices
+    are rotated by R3 (`rotate_points`).
 
 `crop_affine` builds A from a centre, a side length and an angle: the image square of side `side` centred
 on `centre` (rotated by -angle) fills the crop of `out_size` x `out_size`; the centre lands on the crop's
@@ -89,13 +90,12 @@ def apply_affine(a: Array, points: Array) -> Array:
 
 
 def crop_intrinsics(k: Array, a: Array) -> Array:
-  """K' [..., 3, 3] of the crop camera (see module docstring): focal s * fx, principal point A [cx, cy]."""
-  s = jnp.sqrt(jnp.abs(a[..., 0, 0] * a[..., 1, 1] - a[..., 0, 1] * a[..., 1, 0]))
-  f = s * k[..., 0, 0]
-  c = apply_affine(a, k[..., None, :2, 2])[..., 0, :]
-  zero, one = jnp.zeros_like(f), jnp.ones_like(f)
-  return jnp.stack([jnp.stack([f, zero, c[..., 0]], -1), jnp.stack([zero, f, c[..., 1]], -1),
-                    jnp.stack([zero, zero, one], -1)], -2)
+  """K' = [A; 0 0 1] K R3^T [..., 3, 3], the crop camera of the module docstring (R3 from A's angle)."""
+  k = jnp.asarray(k, jnp.float32)
+  a3 = jnp.concatenate([a, jnp.broadcast_to(jnp.asarray([[0.0, 0.0, 1.0]], a.dtype), a.shape[:-2] + (1, 3))],
+                       -2)
+  r3 = rotation_about_optical_axis(crop_angle(a))
+  return jnp.einsum("...ij,...jk,...lk->...il", a3, k, r3, precision=_HIGHEST)
 
 
 def crop_angle(a: Array) -> Array:

@@ -37,6 +37,8 @@ from typing import List, Optional, Tuple
 import jax
 import jax.numpy as jnp
 
+from handobj_jax.geometry import small_linalg
+
 Array = jax.Array
 
 # Relative threshold on the second-smallest singular value of the
@@ -54,18 +56,8 @@ _COORD_LIMIT = 1e15
 # Geometry runs in full float32 on every backend: GPUs would otherwise use TF32 for float32 matmuls
 # (10-bit mantissa), far too coarse for pixel-accurate homographies.
 _HIGHEST = jax.lax.Precision.HIGHEST
-
-
-def _safe_div(num: Array, den: Array, ok: Array) -> Array:
-  """num / den where ok, 0 elsewhere, with finite gradients everywhere."""
-  den_safe = jnp.where(ok, den, jnp.ones_like(den))
-  return jnp.where(ok, num / den_safe, jnp.zeros_like(num))
-
-
-def _safe_sqrt(x: Array) -> Array:
-  """sqrt(x) for x >= 0 with a zero (not inf) gradient at x = 0."""
-  pos = x > 0
-  return jnp.where(pos, jnp.sqrt(jnp.where(pos, x, 1.0)), 0.0)
+_safe_div, _safe_sqrt = small_linalg.safe_div, small_linalg.safe_sqrt
+_det3, _matmul3 = small_linalg.det3, small_linalg.matmul3
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2))
@@ -346,19 +338,6 @@ def _null_vector_normal_jvp(primals, tangents):
   # Keep the tangent orthogonal to h (the refined h is not exactly q_0).
   dh = dh - jnp.sum(dh * h, axis=-1, keepdims=True) * h
   return (h, lam), (dh, jnp.zeros_like(lam))
-
-
-def _det3(m: Array) -> Array:
-  """Determinant of [..., 3, 3] by cofactors (no LU call per matrix)."""
-  return (m[..., 0, 0] * (m[..., 1, 1] * m[..., 2, 2] - m[..., 1, 2] * m[..., 2, 1])
-          - m[..., 0, 1] * (m[..., 1, 0] * m[..., 2, 2] - m[..., 1, 2] * m[..., 2, 0])
-          + m[..., 0, 2] * (m[..., 1, 0] * m[..., 2, 1] - m[..., 1, 1] * m[..., 2, 0]))
-
-
-def _matmul3(a: Array, b: Array) -> Array:
-  """[..., 3, 3] @ [..., 3, 3] as exact float32 products and sums (no dot
-  call, no reduced-precision matmul units)."""
-  return jnp.sum(a[..., :, :, None] * b[..., None, :, :], axis=-2)
 
 
 def fit_homography(

@@ -103,10 +103,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from handobj_jax.geometry import crop as crop_lib
-from handobj_jax.geometry.homography import _det3
-from handobj_jax.geometry.homography import _matmul3
-from handobj_jax.geometry.homography import _safe_div
-from handobj_jax.geometry.homography import _safe_sqrt
+from handobj_jax.geometry import small_linalg
+from handobj_jax.geometry.small_linalg import cofactor3 as _cofactor3
+from handobj_jax.geometry.small_linalg import det3 as _det3
+from handobj_jax.geometry.small_linalg import inv3 as _inv3
+from handobj_jax.geometry.small_linalg import matmul3 as _matmul3
+from handobj_jax.geometry.small_linalg import safe_div as _safe_div
+from handobj_jax.geometry.small_linalg import safe_sqrt as _safe_sqrt
 from handobj_jax.geometry.rotation import axis_angle_to_matrix
 
 Array = jax.Array
@@ -331,54 +334,10 @@ def _solve_pnp_opencv_one(p3, votes, valid, k):
 # --- Device solver: small closed-form algebra -----------------------------------
 
 
-def _cofactor3(m: Array) -> Array:
-  """Cofactor matrix of [..., 3, 3] (adj(m) = cof(m)^T, inv = adj / det)."""
-  def c(i, j):
-    r0, r1 = [r for r in range(3) if r != i]
-    c0, c1 = [k for k in range(3) if k != j]
-    minor = m[..., r0, c0] * m[..., r1, c1] - m[..., r0, c1] * m[..., r1, c0]
-    return minor if (i + j) % 2 == 0 else -minor
-  return jnp.stack([jnp.stack([c(i, j) for j in range(3)], -1)
-                    for i in range(3)], -2)
-
-
-def _inv3(m: Array, ok: Array) -> Array:
-  """Inverse of [..., 3, 3] where ok (callers check the determinant), 0
-  elsewhere."""
-  det = _det3(m)
-  adj = jnp.swapaxes(_cofactor3(m), -1, -2)
-  return _safe_div(adj, det[..., None, None], ok[..., None, None])
-
-
 def _polar_rotation(m: Array, iters: int = _POLAR_ITERS) -> Tuple[Array, Array]:
-  """Orthogonal polar factor of m [..., 3, 3] with det(m) > 0, by scaled
-  Newton iterations X <- (g X + X^-T / g) / 2, g = sqrt(|X^-1| / |X|).
-
-  Returns (R [..., 3, 3], ok [...]); ok False where det(m) is not safely
-  positive (then R is the identity).
-  """
-  fro = _safe_sqrt(jnp.sum(m * m, axis=(-2, -1)))
-  det = _det3(m)
-  ok = (det > 1e-6 * fro * fro * fro) & jnp.isfinite(det)
-  x = jnp.where(ok[..., None, None], m, jnp.eye(3, dtype=m.dtype))
-  # Normalising first keeps every iterate O(1).
-  x = _safe_div(x, fro[..., None, None], ok[..., None, None]) + jnp.where(
-      ok[..., None, None], 0.0, jnp.eye(3, dtype=m.dtype))
-  def newton(_, x):
-    d = _det3(x)
-    d_ok = d > 1e-30
-    inv_t = _safe_div(_cofactor3(x), d[..., None, None], d_ok[..., None, None])
-    n_x = jnp.sum(x * x, axis=(-2, -1))
-    n_inv = jnp.sum(inv_t * inv_t, axis=(-2, -1))
-    g = jnp.sqrt(jnp.sqrt(_safe_div(n_inv, n_x, d_ok & (n_x > 0))))
-    g = jnp.where(d_ok & (g > 0), g, 1.0)
-    return jnp.where(d_ok[..., None, None],
-                     0.5 * (g[..., None, None] * x + inv_t / g[..., None, None]),
-                     x)
-
-  x = jax.lax.fori_loop(0, iters, newton, x)
-  eye = jnp.eye(3, dtype=m.dtype)
-  return jnp.where(ok[..., None, None], x, eye), ok
+  """Rotation polar factor of m [..., 3, 3] with det(m) > 0 (`small_linalg.polar_factor`); R = I and ok
+  False elsewhere."""
+  return small_linalg.polar_factor(m, iters, positive_det=True)
 
 
 def _chol_solve6(h: Array, g: Array) -> Array:

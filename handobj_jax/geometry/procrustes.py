@@ -8,15 +8,26 @@ module docstring, and are tested against the NumPy versions.
 
 Points are [..., K, 3] in any consistent unit (HO-3D: metres, OpenGL camera
 frame). Forward values are finite for degenerate input (e.g. all-zero
-predictions map to the ground-truth centroid). Gradients through the SVD are
-undefined for repeated singular values; these functions are meant for
+predictions map to the ground-truth centroid); these functions are meant for
 evaluation.
+
+No LAPACK: R = U V^T is the orthogonal polar factor of the 3x3 matrix
+M = gt^T pred, computed by scaled Newton iterations
+(`small_linalg.polar_factor`, reflections allowed as in scipy's
+orthogonal_procrustes), and s = trace(R^T M) = the sum of M's singular values.
+So the metric is safe inside jitted steps sharded over several CPU devices,
+where concurrent LAPACK calls can deadlock with jaxlib 0.10. Exact to float32
+precision for non-degenerate M; a rank-deficient M (collinear or coplanar
+point sets) is regularised by 1e-4 |M| I to pick a rotation (its scale s stays
+trace(R^T M)).
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+
+from handobj_jax.geometry import small_linalg
 
 Array = jax.Array
 
@@ -27,17 +38,19 @@ _NORM_EPS = 1e-8
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 def orthogonal_procrustes(a: Array, b: Array) -> tuple[Array, Array]:
-  """R, s minimising ||a R - b||_F over orthogonal R (det may be -1).
+  """R, s minimising ||a R - b||_F over orthogonal R (det may be -1), for 3-D points.
 
   Args:
-    a, b: [..., K, D].
+    a, b: [..., K, 3].
 
   Returns:
-    (R [..., D, D], s [...] = sum of singular values of a^T b).
+    (R [..., 3, 3], s [...] = sum of singular values of a^T b), without LAPACK (module docstring).
   """
+  if a.shape[-1] != 3 or b.shape[-1] != 3:
+    raise ValueError(f"orthogonal_procrustes: 3-D points expected, got {a.shape} and {b.shape}")
   m = jnp.matmul(jnp.swapaxes(a, -1, -2), b, precision=_HIGHEST)
-  u, sv, vt = jnp.linalg.svd(m, full_matrices=False)
-  return jnp.matmul(u, vt, precision=_HIGHEST), jnp.sum(sv, axis=-1)
+  r, _ = small_linalg.polar_factor(m, iters=14, positive_det=False, regularize=1e-4)
+  return r, jnp.sum(r * m, axis=(-2, -1))
 
 
 def _check_pair(name: str, pred: Array, gt: Array) -> tuple[Array, Array]:

@@ -155,12 +155,15 @@ def evaluate_workdir(config, workdir: str, builder, split: str, settings, num_fi
   meter = console.Progress(total, f"pose eval {label or split}", unit="image")
   for batch in _eval_batches(builder, split, host_bs, mesh, pose_data.EVAL_FIELDS, int(settings.max_images)):
     preemption.check(f"while evaluating {split} (nothing written yet; rerun the same command)")
-    out = predict(variables, batch)
-    k_img = batch["K"]
-    ctrl_obj = jnp.einsum("bji,bpj->bpi", batch["obj_rot"], batch["obj_ctrl3d"] - batch["obj_trans"][:, None])
-    rot_d, trans_d, ok_d, votes_img, vote_valid = device_pnp(
-        out["obj_points"], out["obj_confidence"], out["affine"], k_img, ctrl_obj, int(settings.num_votes),
-        float(settings.vote_threshold))
+    out = jax.device_get(predict(variables, batch))
+    batch = jax.device_get(batch)
+    ctrl_obj = np.einsum("bji,bpj->bpi", batch["obj_rot"], batch["obj_ctrl3d"] - batch["obj_trans"][:, None])
+    # The device solver runs on one device: its eigh calls must not run concurrently on several CPU
+    # devices (jaxlib 0.10's LAPACK kernels can deadlock; see geometry/small_linalg.py).
+    args = jax.device_put((out["obj_points"], out["obj_confidence"], out["affine"], batch["K"], ctrl_obj),
+                          jax.local_devices()[0])
+    rot_d, trans_d, ok_d, votes_img, vote_valid = device_pnp(*args, int(settings.num_votes),
+                                                             float(settings.vote_threshold))
     host = jax.device_get({"out": out, "batch": batch, "rot_d": rot_d, "trans_d": trans_d, "ok_d": ok_d,
                            "votes": votes_img, "vote_valid": vote_valid, "ctrl_obj": ctrl_obj})
     keep = np.flatnonzero(np.asarray(host["batch"][pipeline.MASK_KEY], bool))

@@ -17,7 +17,6 @@ import dataclasses
 import os
 from typing import Any, Callable, Iterator, Protocol
 
-import cv2
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -27,6 +26,7 @@ from clu import metric_writers
 from handobj_jax import console
 from handobj_jax import errors
 from handobj_jax import preemption
+from handobj_jax import viz
 from handobj_jax.train import checkpoint as ckpt_lib
 from handobj_jax.train import schedule as schedule_lib
 from handobj_jax.train.state import TrainState, make_optimizer
@@ -150,7 +150,7 @@ def _local_numpy(tree: Any) -> Any:
 def _write_pngs(directory: str, step: int, images: dict[str, np.ndarray]) -> None:
   os.makedirs(directory, exist_ok=True)
   for name, img in images.items():
-    cv2.imwrite(os.path.join(directory, f"{name}_{step:07d}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+    viz.write_png(os.path.join(directory, f"{name}_{step:07d}.png"), img)
 
 
 def evaluate(eval_step, state: TrainState, batches: Iterator[Batch]) -> tuple[dict[str, float], Batch | None]:
