@@ -35,28 +35,9 @@ Storage: `<data_dir>/cohesiv_pseudo/<source_name>_<source_config>/1.0.0/` holds 
 labels were made with; a different setting is an error, not a silent reuse) and `pseudolabel_report.json`
 (clip and example counts, failed clips with reasons). Read with `tfds.builder_from_directory`.
 
-Building is streamed and resumable: shard i of a split holds the examples of clips [i*S_c, (i+1)*S_c)
-(S_c = `config.pseudo.shard_clips`) in clip then frame order. Each shard is written to a temporary name and
-atomically renamed, then a small `_progress/<shard>.json` (example count, bytes, failed clips) marks it
-finished; a restart skips finished shards and redoes the rest, so no example is lost or duplicated. The
-metadata is written only when every shard is finished. Memory holds one batch of clips plus one shard
-writer, independent of the number of clips.
-
-Responsibilities are computed on device: one jitted function over [B clips, 4 middle frames], the batch
-sharded over a ('data',) mesh of this host's local accelerators (a single device on CPU; no collectives:
-hosts never wait on each other while labelling). Clips keep fixed slots in their batch (a failed clip's
-slot is zero-filled) and every computation is per clip (the robust fit draws the same RANSAC samples for
-every fit), so a clip's labels depend only on the clip and the settings (not on its batch, the batch size
-or the device count).
-
-Multi-host: shards are numbered globally over splits; host h writes the shards with number % P == h (P =
-process count) under their global names, so shard files never collide and a restart with a different
-host count still finds the finished ones. After a barrier, host 0 writes the metadata and the report.
-
-Failures: a clip that cannot be labelled (decoding error, missing field, wrong shape, no valid hand,
-non-finite flow at every offset of a middle frame) is logged with its id and reason, recorded in the
-report and skipped: a split holds 4 x (clips - failed) examples. Hands whose fits all fail keep their
-example with query_valid False.
+The examples are built by the `pseudolabel` job (`handobj_jax/jobs/pseudolabel.py`: streamed, resumable shard by
+shard, multi-host, failed clips reported and skipped; its docstring has the details). This module only
+describes and reads them.
 
 Training reads the examples with `train_preprocess` (tf ops): float32 image in [0,1], responsibility
 float32 in [0,1], and an optional random horizontal flip applied jointly to the image, masks, flow,

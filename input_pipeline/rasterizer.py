@@ -231,7 +231,8 @@ def render_meshes(meshes: Sequence[tuple[np.ndarray, np.ndarray]],
                   ambient: float = 0.35,
                   background: np.ndarray | None = None,
                   smooth: bool = True,
-                  near: float = 1e-3) -> Rendering:
+                  near: float = 1e-3,
+                  vertex_colors: Sequence[np.ndarray | None] | None = None) -> Rendering:
   """Renders several meshes with Lambert shading over a background.
 
   Args:
@@ -249,6 +250,8 @@ def render_meshes(meshes: Sequence[tuple[np.ndarray, np.ndarray]],
       face normal (False). Normals are flipped to face the camera, so open or
       inconsistently wound meshes shade correctly.
     near: near plane, see `rasterize`.
+    vertex_colors: optional per mesh, None or [V_m, 3] RGB factors in [0, 1] multiplying that mesh's albedo,
+      interpolated with perspective-correct barycentrics (a texture tied to the mesh's vertices).
 
   Returns:
     Rendering with image, depth, mesh id, per-mesh face id and shading.
@@ -274,7 +277,9 @@ def render_meshes(meshes: Sequence[tuple[np.ndarray, np.ndarray]],
     raise ValueError(f"background must have shape ({height}, {width}, 3), "
                      f"got {background.shape}")
 
-  all_v, all_f, mesh_of_face, face_local, normals = [], [], [], [], []
+  if vertex_colors is not None and len(vertex_colors) != len(meshes):
+    raise ValueError(f"vertex_colors must have one entry per mesh ({len(meshes)}), got {len(vertex_colors)}")
+  all_v, all_f, mesh_of_face, face_local, normals, colours = [], [], [], [], [], []
   offset = 0
   for m, (v, f) in enumerate(meshes):
     v = np.asarray(v, np.float64)
@@ -286,6 +291,10 @@ def render_meshes(meshes: Sequence[tuple[np.ndarray, np.ndarray]],
     mesh_of_face.append(np.full(len(f), m, np.int32))
     face_local.append(np.arange(len(f), dtype=np.int32))
     normals.append(vertex_normals(v, f))
+    c = None if vertex_colors is None else vertex_colors[m]
+    if c is not None and np.shape(c) != (len(v), 3):
+      raise ValueError(f"vertex_colors[{m}] must be ({len(v)}, 3), got {np.shape(c)}")
+    colours.append(np.ones((len(v), 3)) if c is None else np.asarray(c, np.float64))
     offset += len(v)
   verts = np.concatenate(all_v)
   faces = np.concatenate(all_f).astype(np.int64)
@@ -315,7 +324,9 @@ def render_meshes(meshes: Sequence[tuple[np.ndarray, np.ndarray]],
   shading = np.zeros((height, width), np.float32)
   shading[hit] = lam
   image = background.astype(np.float64) / 255.0
-  image[hit] = albedo[mesh_id[hit]] * lam[:, None]
+  vc = np.concatenate(colours)
+  texture = np.sum(frag.bary[hit][..., None] * vc[faces[t]], axis=1)
+  image[hit] = albedo[mesh_id[hit]] * texture * lam[:, None]
   image = np.clip(np.round(image * 255.0), 0, 255).astype(np.uint8)
   return Rendering(image=image, depth=frag.depth, mesh_id=mesh_id,
                    tri_id=tri_local, shading=shading)

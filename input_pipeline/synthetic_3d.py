@@ -43,7 +43,14 @@ Frames, units and conventions:
     construction: one mesh id per pixel from the z-buffer).
 
 Images are [H, W, 3] uint8 RGB: Lambert-shaded meshes over a smooth random
-colour-noise background. Everything is deterministic per integer seed.
+colour-noise background. Objects carry a colour field tied to their own frame
+(`World3DConfig.object_colour_field`): each vertex's colour mixes the object's
+albedo with 0.5 + 0.5 * (its unit direction from the object centre), so the
+object's orientation, and with it the order of its control points, can be seen
+in the image. A plain-coloured box, cylinder or ellipsoid is symmetric: its
+pose would be ambiguous, and the pose network's object branch could not learn
+it (measured: with field 0, its control-point error did not fall in 2000 steps).
+Everything is deterministic per integer seed.
 """
 from __future__ import annotations
 
@@ -133,6 +140,8 @@ class World3DConfig:
       keyframes (degrees).
     seq_max_translation: max translation between two keyframes (metres).
     seq_grasp_jitter: std (radians) of the finger pose change per keyframe.
+    object_colour_field: weight w of the object's orientation colour field:
+      vertex colour = (1 - w) albedo + w (0.5 + 0.5 unit(v_obj)); 0 = plain.
   """
   height: int = 128
   width: int = 128
@@ -157,6 +166,7 @@ class World3DConfig:
   seq_max_rotation_deg: float = 25.0
   seq_max_translation: float = 0.03
   seq_grasp_jitter: float = 0.12
+  object_colour_field: float = 0.6
 
   def __post_init__(self):
     def fail(field, msg):
@@ -200,6 +210,8 @@ class World3DConfig:
       fail("max_attempts", "must be >= 1")
     if self.seq_key_interval < 1:
       fail("seq_key_interval", "must be >= 1")
+    if not 0.0 <= self.object_colour_field <= 1.0:
+      fail("object_colour_field", "must lie in [0, 1]")
 
 
 # ----------------------------------------------------------------------------
@@ -626,9 +638,21 @@ def _render_frame(cfg: World3DConfig, scene: _Scene, hand_verts: np.ndarray,
   obj_cam = scene.obj_verts @ obj_rot.T + obj_trans
   return rasterizer.render_meshes(
       [(hand_verts, faces), (obj_cam, scene.obj_faces)], scene.k, cfg.height,
-      cfg.width, albedo=np.stack([scene.hand_albedo, scene.obj_albedo]),
+      cfg.width, albedo=np.stack([scene.hand_albedo, np.ones(3)]),
       light_dir=scene.light, ambient=scene.ambient,
-      background=scene.background)
+      background=scene.background,
+      vertex_colors=[None, object_colours(scene.obj_verts, scene.obj_albedo,
+                                          cfg.object_colour_field)])
+
+
+def object_colours(obj_verts: np.ndarray, albedo: np.ndarray,
+                   weight: float) -> np.ndarray:
+  """[V, 3] vertex colours: (1 - w) albedo + w (0.5 + 0.5 unit(v)), with v the
+  vertex in the object frame (centred on the object)."""
+  v = np.asarray(obj_verts, np.float64)
+  unit = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-9)
+  return (1.0 - weight) * np.asarray(albedo, np.float64)[None] + weight * (
+      0.5 + 0.5 * unit)
 
 
 def _in_view(cfg: World3DConfig, *boxes: np.ndarray) -> bool:

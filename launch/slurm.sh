@@ -6,7 +6,8 @@
 # jax.distributed.initialize() reads the SLURM environment (main.py calls it when SLURM_NTASKS > 1). The global
 # batch (config.batch_size) is split over all devices of all hosts; every host reads its own share of each split.
 # Re-submitting the same command resumes from the workdir's latest checkpoint; SIGTERM (preemption, scancel)
-# makes the trainer save and exit cleanly.
+# makes the job save the current step and exit with status 143 (not 0: the run is not finished), so SLURM
+# records it as failed and `sbatch --requeue` / resubmission resumes it.
 #SBATCH --ntasks-per-node=1
 #SBATCH --signal=TERM@120
 #SBATCH --output=slurm-%j.out

@@ -207,3 +207,26 @@ def test_hand_sized_scene_occlusion_and_silhouette(size):
   area = (out.mesh_id == 0).sum()
   # The polyhedral sphere is inscribed: its area is slightly below the disc.
   assert 0.95 * np.pi * r_px**2 < area < 1.01 * np.pi * r_px**2
+
+
+def test_vertex_colours_interpolate_perspective_correctly():
+  """A tilted quad whose left vertices are red and right vertices blue: each pixel's colour is the
+  perspective-correct interpolation of the vertex colours (checked against the barycentrics of `rasterize`),
+  lit head-on so shading is 1; a mesh without colours keeps its albedo."""
+  v, f = _quad([(20, 20), (100, 20), (100, 80), (20, 80)], [0.5, 1.0, 1.0, 0.5])
+  colours = np.array([[1.0, 0, 0], [0, 0, 1.0], [0, 0, 1.0], [1.0, 0, 0]])
+  out = rasterizer.render_meshes([(v, f)], K, H, W, albedo=np.ones((1, 3)), ambient=1.0,
+                                 vertex_colors=[colours])
+  frag = rasterizer.rasterize(v, f, K, H, W)
+  hit = frag.tri_id >= 0
+  expected = np.sum(frag.bary[hit][..., None] * colours[f[frag.tri_id[hit]]], axis=1) * 255
+  np.testing.assert_allclose(out.image[hit], np.round(expected), atol=1)
+  # Perspective-correct, not screen-linear: half-way across the screen is not half-way in colour.
+  row = out.image[50, 20:101].astype(float)
+  mid = row[len(row) // 2]
+  assert abs(mid[0] - mid[2]) > 20
+  plain = rasterizer.render_meshes([(v, f)], K, H, W, albedo=np.array([[0.2, 0.4, 0.6]]), ambient=1.0,
+                                   vertex_colors=[None])
+  np.testing.assert_allclose(plain.image[50, 60], [51, 102, 153], atol=1)
+  with pytest.raises(ValueError, match="vertex_colors"):
+    rasterizer.render_meshes([(v, f)], K, H, W, albedo=np.ones((1, 3)), vertex_colors=[colours[:2]])

@@ -78,13 +78,7 @@ def train(config, workdir: str) -> dict[str, Any]:
   builder = _open(config)
   mesh = pipeline.make_data_mesh()
   host_bs = pipeline.host_batch_size(config.batch_size, mesh)
-  num_train = builder.info.splits["train"].num_examples
-  steps_per_epoch = num_train // config.batch_size
-  if steps_per_epoch == 0:
-    raise jobs.JobInputError(f"the train split has {num_train} examples, fewer than one batch "
-                             f"(config.batch_size={config.batch_size})")
-  if config.model.pretrained and not os.path.exists(config.model.pretrained):
-    raise jobs.JobInputError(f"config.model.pretrained={config.model.pretrained!r} does not exist")
+  num_train, steps_per_epoch = train_job.check_training_inputs(config, builder)
   task = pose_task.HandObjectPoseTask(config)
 
   def train_batches(start_step: int):

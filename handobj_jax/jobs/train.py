@@ -143,6 +143,19 @@ def train_preprocess(example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
   return select_fields(cohesiv_examples.train_preprocess(example, flip_prob=0.0))
 
 
+def check_training_inputs(config, builder) -> tuple[int, int]:
+  """(train examples, steps per epoch); fails in one line on a split smaller than a batch or a missing
+  pretrained-weights file, before anything is compiled."""
+  num_train = builder.info.splits["train"].num_examples
+  steps_per_epoch = num_train // config.batch_size
+  if steps_per_epoch == 0:
+    raise jobs.JobInputError(f"the train split has {num_train} examples, fewer than one batch "
+                             f"(config.batch_size={config.batch_size})")
+  if config.model.pretrained and not os.path.exists(config.model.pretrained):
+    raise jobs.JobInputError(f"config.model.pretrained={config.model.pretrained!r} does not exist")
+  return num_train, steps_per_epoch
+
+
 def train_and_evaluate(config, workdir: str, builder) -> dict[str, Any]:
   """Trains on `builder`'s train split, validates on 'validation', writes the inference statistics."""
   mesh = pipeline.make_data_mesh()
@@ -152,13 +165,7 @@ def train_and_evaluate(config, workdir: str, builder) -> dict[str, Any]:
       pipeline.load_split(builder, split)  # Fails early, naming the split, if one is missing.
   except pipeline.DataError as e:
     raise jobs.JobInputError(str(e)) from None
-  num_train = builder.info.splits["train"].num_examples
-  steps_per_epoch = num_train // config.batch_size
-  if steps_per_epoch == 0:
-    raise jobs.JobInputError(f"the train split has {num_train} examples, fewer than one batch "
-                             f"(config.batch_size={config.batch_size})")
-  if config.model.pretrained and not os.path.exists(config.model.pretrained):
-    raise jobs.JobInputError(f"config.model.pretrained={config.model.pretrained!r} does not exist")
+  num_train, steps_per_epoch = check_training_inputs(config, builder)
 
   def train_batches(start_step: int):
     ds = pipeline.load_split(builder, "train", seed=config.seed)

@@ -50,6 +50,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from handobj_jax import tasks
 from handobj_jax import viz
 from handobj_jax.losses import cohesiv_losses
 from handobj_jax.models import cohesiv
@@ -134,16 +135,13 @@ class CohesivTask:
     """One panel per shown example: a row per valid query hand of
     [image + query dot | attention (viridis) | pseudo-label R (viridis) | PCA(Z) RGB | pseudo-label masks
     (| centre heatmap)]."""
-    keep = np.flatnonzero(np.asarray(batch["_mask"], bool)) if "_mask" in batch else np.arange(
-        len(batch["image"]))
-    keep = keep[:self.config.viz.num_examples]
-    if keep.size == 0:
+    sub = tasks.first_examples(batch, self.config.viz.num_examples)
+    if sub is None:
       return {}
-    sub = {k: np.asarray(v)[keep] for k, v in batch.items()}
     images = np.asarray(as_unit_float(jnp.asarray(sub["image"])))
     out = jax.device_get(self._forward(variables, images, jnp.asarray(sub["query_point"], jnp.float32)))
     panels = {}
-    for i in range(len(keep)):
+    for i in range(len(sub["image"])):
       panels[f"cohesiv_{i}"] = self._panel(images[i], {k: v[i] for k, v in sub.items()},
                                            {k: v[i] for k, v in out.items()})
     return panels

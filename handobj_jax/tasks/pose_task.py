@@ -45,10 +45,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from handobj_jax import errors
+from handobj_jax import tasks
 from handobj_jax.geometry import crop as crop_lib
 from handobj_jax.geometry import pnp
 from handobj_jax.geometry import procrustes
 from handobj_jax.geometry import rotation
+
 from handobj_jax.losses import pose_losses
 from handobj_jax.models import hand_decoder
 from handobj_jax.models import hand_object
@@ -185,12 +187,15 @@ def best_votes(points: jax.Array, confidence: jax.Array) -> jax.Array:
 class HandObjectPoseTask:
   """Semi-Hand-Object's model, losses and metrics for `trainer.fit` (see the module docstring)."""
 
+  epoch_metrics = ("joint_err_mm", "pa_joint_err_mm", "ctrl_err_px")
+
   def __init__(self, config):
     self.config = config
     self.net = make_model(config.model)
     self.mano_model = load_mano_model(config.mano)
     self.image_size = int(config.model.image_size)
     self.roi_size = int(config.model.roi_size)
+    self._predict = jax.jit(self.predict)
 
   # ---- Trainer protocol ---------------------------------------------------------------------------
 
@@ -311,13 +316,10 @@ class HandObjectPoseTask:
   def visualize(self, variables: dict[str, Any], batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Fig. 6 style panels of the first validation examples (see `evaluation.pose_figures`)."""
     from handobj_jax.evaluation import pose_figures  # pylint: disable=g-import-not-at-top
-    keep = np.flatnonzero(np.asarray(batch["_mask"], bool)) if "_mask" in batch else np.arange(
-        len(batch["image"]))
-    keep = keep[:self.config.viz.num_examples]
-    if keep.size == 0:
+    sub = tasks.first_examples(batch, self.config.viz.num_examples)
+    if sub is None:
       return {}
-    sub = {k: np.asarray(v)[keep] for k, v in batch.items()}
-    pred = jax.device_get(jax.jit(self.predict)(variables, sub))
+    pred = jax.device_get(self._predict(variables, sub))
     faces = np.asarray(self.mano_model.faces)
     return {f"pose_{i}": pose_figures.pose_panel({k: v[i] for k, v in pred.items()}, faces)
-            for i in range(len(keep))}
+            for i in range(len(sub["image"]))}

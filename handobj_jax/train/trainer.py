@@ -52,6 +52,8 @@ class Task(Protocol):
   def visualize(self, variables: dict[str, Any], batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Named uint8 RGB images [H, W, 3] for summaries."""
 
+  # Optional: `epoch_metrics`, a tuple of validation metric names shown in each epoch's summary line.
+
 
 class TrainingStopped(errors.RunFailed):
   """A run that cannot continue (NaN loss): the message says where."""
@@ -237,8 +239,10 @@ def _fit(task: Task, config, workdir: str, *, mesh, train_batches, eval_batches,
         if action == "lr_cut":
           state = state.with_learning_rate(schedule.learning_rate)
         writer.write_scalars(step, {f"val/{k}": v for k, v in val_metrics.items()})
-        console.say(f"epoch {step // steps_per_epoch}/{num_epochs}: val loss {val_loss:.4f} ({action}; lr "
-                    f"{schedule.learning_rate:.3g}; best {schedule.best:.4f})")
+        extra = "".join(f", {k} {val_metrics[k]:.4g}" for k in getattr(task, "epoch_metrics", ())
+                        if k in val_metrics)
+        console.say(f"epoch {step // steps_per_epoch}/{num_epochs}: val loss {val_loss:.4f}{extra} ({action}; "
+                    f"lr {schedule.learning_rate:.3g}; best {schedule.best:.4f})")
         if jax.process_index() == 0:
           # Host copies only (this host's shard of the batch, one replica of the state), so that
           # visualisation never launches a multi-host computation from a single process.
