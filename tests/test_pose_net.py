@@ -166,9 +166,11 @@ def test_object_loss_is_masked_on_pseudo_labelled_examples():
                                            jax.random.PRNGKey(0), False)[1][0])
   masked = {**batch, "object_weight": jnp.array([1.0, 0.0])}
   moved = {**masked, "obj_ctrl2d": masked["obj_ctrl2d"].at[1].add(7.0)}
-  a, b = loss_fn(masked), loss_fn(moved)
+  both = {**moved, "object_weight": jnp.array([1.0, 1.0])}  # Same structure: one compile for all three.
+  a, b, c = loss_fn(masked), loss_fn(moved), loss_fn(both)
   assert float(a["object_loss"]) == pytest.approx(float(b["object_loss"]), rel=1e-6)
-  assert float(loss_fn(batch)["object_loss"]) != pytest.approx(float(a["object_loss"]), rel=1e-3)
+  assert float(c["object_loss"]) != pytest.approx(float(b["object_loss"]), rel=1e-3)
+  assert float(a["hand_loss"]) == pytest.approx(float(c["hand_loss"]), rel=1e-6)
 
 
 @pytest.mark.slow
