@@ -23,10 +23,11 @@ Variants:
   cpu      Sized for a 2-core CPU, <= 20 min including building the data: the synthetic 'small' build
            (128 x 128, 160/32/32 clips -> 640 train frames), a widened 'tiny' encoder (1.9 M parameters),
            batch 10, AdamW lr 2e-3 (not tuned: no time for a sweep), 512 steps = 8 epochs. Measured on
-           the shared 2-core machine (load average 3-5 from other jobs): 13:01 wall in total (source +
-           pseudo-labels ~1:10, training ~0.8-1 step/s), peak RSS 3.1 GB; validation loss 2.31 after
-           epoch 1 -> 1.605 after epoch 8 (responsibility 0.033, embedding 1.28); attention maps cover
-           the queried hand and arm, the held object only weakly. Target: val loss < 1.7.
+           the 2-core machine with nothing else running (world 1.1.0): 14:36 wall in total (source clips
+           48 s, pseudo-labels 24 s, training 0.71 step/s), peak RSS 3.2 GB; validation loss 1.94 after
+           epoch 1 -> best 1.216 after epoch 7 (responsibility 0.034, embedding 0.88); attention maps cover
+           the queried hand and arm, the held object weakly. The eval job: pooled Pair IoU 35.3 (COHESIV)
+           against 70.6 (Thresholded Responsibility). Target: val loss < 1.4.
   smoke    Tests: tiny encoder, the 64 x 64 'tiny' synthetic build, batch 2, 2 steps.
   resnet   Table 4 ablation "ResNet backbone": ResNet-50 encoder instead of SE-ResNeXt-50.
   attention_only / embeddings_only   Table 4 ablations (loss weights 10:0 / 0:1).
