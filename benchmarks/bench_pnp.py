@@ -21,15 +21,18 @@ Usage: python benchmarks/bench_pnp.py [--batch 64] [--repeats 5]
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import time
 
 import cv2
 import jax
 import numpy as np
-from scipy.spatial.transform import Rotation
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# pylint: disable=wrong-import-position
 from handobj_jax.geometry import pnp
-from input_pipeline.synthetic_3d import control_points
+from tests.pnp_scenes import random_box_scene
 
 NUM_VOTES = 10
 
@@ -37,17 +40,7 @@ NUM_VOTES = 10
 def make_batch(rng, batch, noise, outlier_frac):
   ctrl, model, ks, rots, ts, votes = [], [], [], [], [], []
   for _ in range(batch):
-    dims = rng.uniform(0.05, 0.3, 3)
-    pts = np.concatenate([rng.uniform(-0.5, 0.5, (300, 3)) * dims,
-                          [-0.5 * dims, 0.5 * dims]])
-    f = rng.uniform(500, 1000)
-    k = np.array([[f, 0, 255.5 + rng.normal(0, 5)],
-                  [0, f * rng.uniform(0.98, 1.02), 255.5 + rng.normal(0, 5)],
-                  [0, 0, 1]])
-    rot = Rotation.random(random_state=rng.integers(2**31)).as_matrix()
-    z = rng.uniform(0.4, 1.0)
-    t = np.concatenate([rng.uniform(-0.25, 0.25, 2) * z * 256 / f, [z]])
-    c = control_points(pts)
+    c, pts, k, rot, t = random_box_scene(rng)
     q = (c @ rot.T + t) @ k.T
     uv = q[:, :2] / q[:, 2:]
     v = uv[:, None, :] + rng.normal(0, noise, (21, NUM_VOTES, 2))

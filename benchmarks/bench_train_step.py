@@ -279,7 +279,7 @@ def _worker_torch(args) -> None:
     extra["gpu_peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
   _report(times, args.batch, sampler.peak, {
       **extra, "warmup_s": warm,
-      "device": f"cuda" if dev.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
+      "device": "cuda" if dev.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
       "params": int(sum(p.numel() for p in model.parameters()))})
 
 

@@ -47,22 +47,15 @@ responsibility, query points and boxes (`flip_example`).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
-import math
 import os
-import time
-from typing import Any, Callable, Iterator, Mapping, Protocol
+from typing import Any, Iterator, Mapping, Protocol
 
-import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
-from absl import logging
 
-from handobj_jax.geometry import responsibility as resp_lib
 from input_pipeline import pipeline
 from input_pipeline import synthetic_world
 

@@ -118,12 +118,17 @@ def _static_features(p: int) -> dict:
   }
 
 
+# Both builders render the same world, so they share its version.
+_VERSION = tfds.core.Version("1.1.0")
+_RELEASE_NOTES = {"1.0.0": "Initial release.",
+                  "1.1.0": "Objects carry a colour field tied to their frame (their orientation is visible)."}
+
+
 class SyntheticHo3d(pipeline.ReportingBuilder, tfds.core.GeneratorBasedBuilder):
   """Labelled synthetic hand-object frames in HO-3D conventions."""
 
-  VERSION = tfds.core.Version("1.1.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release.",
-                   "1.1.0": "Objects carry a colour field tied to their frame (their orientation is visible)."}
+  VERSION = _VERSION
+  RELEASE_NOTES = _RELEASE_NOTES
   BUILDER_CONFIGS = [
       SyntheticHo3dConfig(name="tiny", description="24/8/8 at 128 px (tests)",
                           image_size=128, num_train=24, num_validation=8,
@@ -179,9 +184,8 @@ class SyntheticHo3d(pipeline.ReportingBuilder, tfds.core.GeneratorBasedBuilder):
 class SyntheticHo3dVideo(pipeline.ReportingBuilder, tfds.core.GeneratorBasedBuilder):
   """Unlabelled synthetic hand-object clips with per-frame boxes."""
 
-  VERSION = tfds.core.Version("1.1.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release.",
-                   "1.1.0": "Objects carry a colour field tied to their frame (their orientation is visible)."}
+  VERSION = _VERSION
+  RELEASE_NOTES = _RELEASE_NOTES
   BUILDER_CONFIGS = [
       SyntheticHo3dVideoConfig(name="tiny", description="2+1 clips x 8 @128",
                                image_size=128, num_frames=8, num_train=2,

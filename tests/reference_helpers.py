@@ -81,3 +81,25 @@ def import_smplx() -> types.ModuleType:
   """Returns the smplx module; fails the calling test when it (or torch) cannot be imported."""
   import_torch()
   return _import("smplx")
+
+
+def timm_model_with_random_bn(arch: str):
+  """Returns (a timm `arch` in eval mode, seeded, with random BatchNorm affine and statistics, torch).
+
+  timm zero-initialises some BatchNorm weights (bn3 of each bottleneck); random non-trivial affine
+  parameters and running statistics instead make a parity test exercise every layer.
+  """
+  timm = import_timm()
+  torch = import_torch()
+  torch.manual_seed(0)
+  model = timm.create_model(arch, pretrained=False).eval()
+  gen = torch.Generator().manual_seed(1)
+  with torch.no_grad():
+    for mod in model.modules():
+      if isinstance(mod, torch.nn.BatchNorm2d):
+        c = mod.num_features
+        mod.weight.copy_(0.5 + torch.rand(c, generator=gen))
+        mod.bias.copy_(0.2 * torch.randn(c, generator=gen))
+        mod.running_mean.copy_(0.2 * torch.randn(c, generator=gen))
+        mod.running_var.copy_(0.5 + torch.rand(c, generator=gen))
+  return model, torch

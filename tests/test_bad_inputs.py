@@ -7,7 +7,6 @@ predict CLI. Damaged checkpoints and a NaN learning rate are tested with the tra
 MANO files in tests/test_mano.py, pretrained weights in tests/test_encoders.py.
 """
 
-import json
 import os
 import shutil
 import signal
@@ -127,7 +126,7 @@ def test_data_dir_env_pointing_at_a_file(tmp_path, monkeypatch):
   blocker = tmp_path / "not_a_dir"
   blocker.write_text("x")
   monkeypatch.setenv(pipeline.DEFAULT_DATA_DIR_ENV, str(blocker))
-  with pytest.raises(pipeline.DataError, match=rf"\$HANDOBJ_DATA_DIR=.*not_a_dir.* is a file"):
+  with pytest.raises(pipeline.DataError, match=r"\$HANDOBJ_DATA_DIR=.*not_a_dir.* is a file"):
     pipeline.resolve_data_dir("")
 
 

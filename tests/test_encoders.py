@@ -13,8 +13,7 @@ import pytest
 from handobj_jax import errors
 from handobj_jax.models import encoders
 from handobj_jax.models import pretrained
-from reference_helpers import import_timm
-from reference_helpers import import_torch
+from reference_helpers import timm_model_with_random_bn
 
 # Published timm parameter counts (torch `parameters()`, classifier included),
 # as listed on the timm model cards / torchvision docs: independent of this code.
@@ -221,28 +220,10 @@ def test_load_pretrained_npz(tmp_path):
 # ----------------------------------------------------------------- reference
 
 
-def _timm_model_with_random_bn(arch):
-  timm = import_timm()
-  torch = import_torch()
-  torch.manual_seed(0)
-  model = timm.create_model(arch, pretrained=False).eval()
-  gen = torch.Generator().manual_seed(1)
-  with torch.no_grad():
-    for mod in model.modules():
-      if isinstance(mod, torch.nn.BatchNorm2d):
-        c = mod.num_features
-        # timm zero-inits bn3.weight; random non-trivial affine and stats instead.
-        mod.weight.copy_(0.5 + torch.rand(c, generator=gen))
-        mod.bias.copy_(0.2 * torch.randn(c, generator=gen))
-        mod.running_mean.copy_(0.2 * torch.randn(c, generator=gen))
-        mod.running_var.copy_(0.5 + torch.rand(c, generator=gen))
-  return model, torch
-
-
 @pytest.mark.reference
 @pytest.mark.parametrize("arch", ["seresnext50_32x4d", "resnet50"])
 def test_parity_with_timm(arch):
-  model, torch = _timm_model_with_random_bn(arch)
+  model, torch = timm_model_with_random_bn(arch)
   state = {k: v.numpy() for k, v in model.state_dict().items()}
   variables = pretrained.convert_torch_state_dict(state, arch,
                                                   classifier="require")
@@ -272,7 +253,7 @@ def test_parity_with_timm(arch):
 def test_convert_script_pth_to_npz(tmp_path, capsys):
   import importlib.util  # pylint: disable=import-outside-toplevel
   import pathlib  # pylint: disable=import-outside-toplevel
-  model, torch = _timm_model_with_random_bn("resnet50")
+  model, torch = timm_model_with_random_bn("resnet50")
   src = tmp_path / "w.pth"
   torch.save(model.state_dict(), src)
   script = pathlib.Path(__file__).parents[1] / "scripts" / "convert_timm_weights.py"

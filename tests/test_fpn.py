@@ -6,7 +6,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from handobj_jax.models import encoders
 from handobj_jax.models import fpn
 from handobj_jax.models import pretrained
 
@@ -130,21 +129,9 @@ def test_upsample_bilinear_matches_torch():
 @pytest.mark.reference
 def test_resnet50_fpn_parity_with_timm_and_torch():
   """timm resnet50 trunk + torch 1x1 / 3x3 convs and nearest upsampling, weights copied."""
-  from reference_helpers import import_timm  # pylint: disable=import-outside-toplevel
-  timm = import_timm()
-  import torch  # pylint: disable=import-outside-toplevel
+  from reference_helpers import timm_model_with_random_bn  # pylint: disable=import-outside-toplevel
+  trunk, torch = timm_model_with_random_bn("resnet50")
   import torch.nn.functional as F  # pylint: disable=import-outside-toplevel
-  torch.manual_seed(0)
-  trunk = timm.create_model("resnet50", pretrained=False).eval()
-  gen = torch.Generator().manual_seed(1)
-  with torch.no_grad():
-    for mod in trunk.modules():
-      if isinstance(mod, torch.nn.BatchNorm2d):
-        c = mod.num_features
-        mod.weight.copy_(0.5 + torch.rand(c, generator=gen))
-        mod.bias.copy_(0.2 * torch.randn(c, generator=gen))
-        mod.running_mean.copy_(0.2 * torch.randn(c, generator=gen))
-        mod.running_var.copy_(0.5 + torch.rand(c, generator=gen))
   encoder_vars = pretrained.convert_torch_state_dict(
       {k: v.numpy() for k, v in trunk.state_dict().items()}, "resnet50")
 

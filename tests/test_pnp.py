@@ -5,35 +5,19 @@ cv2.invertAffineTransform), ground-truth poses of synthetic scenes, and a
 literal NumPy transcription of the HO-3D protocol's vote selection written
 below. Tolerances are stated at each assertion.
 
-Scenes: a random box (5-30 cm sides) with its 21 control points (order of
-input_pipeline.synthetic_3d.control_points) at a random rotation, 0.4-1.0 m
-in front of a 512 x 512 camera with fx in [500, 1000] px.
+Scenes: tests/pnp_scenes.py (a random box 0.4-1.0 m in front of a 512 x 512
+camera).
 """
 import cv2
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from scipy.spatial.transform import Rotation
 
 from handobj_jax.geometry import pnp
-from input_pipeline.synthetic_3d import control_points
+from pnp_scenes import random_box_scene as _scene
 
 NUM_VOTES = 10
-
-
-def _scene(rng):
-  dims = rng.uniform(0.05, 0.3, 3)
-  model = rng.uniform(-0.5, 0.5, (300, 3)) * dims
-  model = np.concatenate([model, [-0.5 * dims, 0.5 * dims]])
-  f = rng.uniform(500, 1000)
-  k = np.array([[f, 0, 255.5 + rng.normal(0, 5)],
-                [0, f * rng.uniform(0.98, 1.02), 255.5 + rng.normal(0, 5)],
-                [0, 0, 1]])
-  rot = Rotation.random(random_state=rng.integers(2**31)).as_matrix()
-  z = rng.uniform(0.4, 1.0)
-  xy = rng.uniform(-0.25, 0.25, 2) * z * 256 / f
-  return control_points(model), model, k, rot, np.array([xy[0], xy[1], z])
 
 
 def _project(k, rot, t, x):

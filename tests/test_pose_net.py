@@ -14,7 +14,6 @@ from configs import handobj_pose
 from handobj_jax import config_lib
 from handobj_jax import errors
 from handobj_jax import jobs
-from handobj_jax.geometry import crop as crop_lib
 from handobj_jax.models import hand_object
 from handobj_jax.models import mano as mano_lib
 from handobj_jax.tasks import pose_task

@@ -39,7 +39,7 @@ import dataclasses
 import json
 import math
 import os
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 from scipy import ndimage

@@ -104,7 +104,6 @@ import numpy as np
 
 from handobj_jax.geometry import crop as crop_lib
 from handobj_jax.geometry import small_linalg
-from handobj_jax.geometry.small_linalg import cofactor3 as _cofactor3
 from handobj_jax.geometry.small_linalg import det3 as _det3
 from handobj_jax.geometry.small_linalg import inv3 as _inv3
 from handobj_jax.geometry.small_linalg import matmul3 as _matmul3

@@ -269,7 +269,6 @@ def bilinear_sample(image: Array, pts: Array) -> Array:
                      f"[..., P, 2]; got {image.shape}, {pts.shape}")
   height, width, chans = image.shape[-3:]
   batch = jnp.broadcast_shapes(image.shape[:-3], pts.shape[:-2])
-  num_p = pts.shape[-2]
   # Each point reads one 2x2 patch with a single gather (a dynamic_slice
   # under vmap); four separate corner gathers were 2.5x slower on CPU.
   if height < 2 or width < 2:

@@ -13,7 +13,6 @@ import numpy as np
 from absl import logging
 
 from handobj_jax import console
-from handobj_jax import jobs
 from handobj_jax import viz
 from input_pipeline import datasets
 from input_pipeline import pipeline

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from handobj_jax.models.encoders import BN_EPSILON, BN_MOMENTUM
 from handobj_jax.models.hand_decoder import cell_centers
