@@ -1,6 +1,7 @@
 """Train-step throughput of the Semi-Hand-Object pose network (configs/handobj_pose.py) on this machine.
 
   python benchmarks/bench_pose_step.py [--variants cpu,default] [--steps 5] [--default-batch 2]
+                                      [--grouped-conv auto] (e.g. xla,matmul: one row each, same run)
 
 For each config variant: the jitted train step of the shared trainer (`trainer.make_train_step`, state
 donated, in-step crop + augmentation included) on a fixed batch of synthetic 3D examples at that variant's
@@ -32,7 +33,7 @@ def _batch(n: int, size: int):
   return out
 
 
-def run_variant(variant: str, steps: int, batch_size: int | None) -> dict:
+def run_variant(variant: str, steps: int, batch_size: int | None, grouped_conv: str = "auto") -> dict:
   import jax  # pylint: disable=import-outside-toplevel
   from configs import handobj_pose  # pylint: disable=import-outside-toplevel
   from handobj_jax.tasks import pose_task  # pylint: disable=import-outside-toplevel
@@ -42,6 +43,7 @@ def run_variant(variant: str, steps: int, batch_size: int | None) -> dict:
   config = handobj_pose.get_config(variant)
   if batch_size:
     config.batch_size = batch_size
+  config.model.grouped_conv = grouped_conv
   mesh = pipeline.make_data_mesh()
   source_size = 256 if config.model.image_size > 128 else 128
   batch = next(pipeline.global_batches([_batch(config.batch_size, source_size)], mesh))
@@ -61,7 +63,7 @@ def run_variant(variant: str, steps: int, batch_size: int | None) -> dict:
     jax.block_until_ready(metrics)
     times.append(time.perf_counter() - t0)
   med = float(np.median(times))
-  return {"variant": variant, "params": params, "image": config.model.image_size, "batch": config.batch_size,
+  return {"variant": variant, "grouped_conv": grouped_conv, "params": params, "image": config.model.image_size, "batch": config.batch_size,
           "compile_s": compile_s, "step_s": med, "best_s": float(np.min(times)),
           "examples_per_s": config.batch_size / med, "devices": str(jax.devices()[0].platform) + f" x{jax.device_count()}",
           "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
@@ -71,6 +73,8 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--variants", default="cpu,default")
   parser.add_argument("--steps", type=int, default=5)
+  parser.add_argument("--grouped-conv", default="auto",
+                      help="comma list of config.model.grouped_conv values (auto, xla, matmul)")
   parser.add_argument("--default-batch", type=int, default=2, help="batch of the paper-sized model on CPU")
   args = parser.parse_args()
   import jax  # pylint: disable=import-outside-toplevel
@@ -78,13 +82,14 @@ def main() -> None:
   for variant in args.variants.split(","):
     batch = args.default_batch if (variant in ("default", "no_cr", "h", "ho") and
                                    jax.devices()[0].platform == "cpu") else None
-    rows.append(run_variant(variant, args.steps, batch))
+    for impl in args.grouped_conv.split(","):
+      rows.append(run_variant(variant, args.steps, batch, impl))
   print(f"\nload average: {os.getloadavg()[0]:.2f}; jax {jax.__version__}")
-  print("| variant | devices | params | crop | batch | compile s | step s (median) | step s (best) | "
+  print("| variant | grouped conv | devices | params | crop | batch | compile s | step s (median) | step s (best) | "
         "examples/s | peak RSS MiB |")
-  print("|---|---|---|---|---|---|---|---|---|---|")
+  print("|---|---|---|---|---|---|---|---|---|---|---|")
   for r in rows:
-    print(f"| {r['variant']} | {r['devices']} | {r['params']:,} | {r['image']}^2 | {r['batch']} | "
+    print(f"| {r['variant']} | {r['grouped_conv']} | {r['devices']} | {r['params']:,} | {r['image']}^2 | {r['batch']} | "
           f"{r['compile_s']:.1f} | {r['step_s']:.3f} | {r['best_s']:.3f} | {r['examples_per_s']:.2f} | "
           f"{r['peak_rss_mib']:.0f} |")
 

@@ -179,6 +179,11 @@ def _encoders() -> tuple[str, ...]:
   return tuple(cohesiv.ENCODER_ARCHS)
 
 
+def _grouped_conv_impls() -> tuple[str, ...]:
+  from handobj_jax.models import grouped_conv  # pylint: disable=g-import-not-at-top
+  return grouped_conv.IMPLS
+
+
 def lazy_choice(options: Callable[[], tuple[str, ...]]) -> Check:
   return lambda v: choice(*options())(v)
 
@@ -224,6 +229,7 @@ RULES: dict[str, Check] = {
     "model.pretrained": string(),
     "model.tiny_stem_width": POSITIVE,
     "model.tiny_stage_planes": int_tuple(4),
+    "model.grouped_conv": lazy_choice(_grouped_conv_impls),
     # The pose network (configs/handobj_pose.py).
     "data.crop_scale": POSITIVE_REAL,
     "data.hand_box_scale": POSITIVE_REAL,

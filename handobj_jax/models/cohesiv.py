@@ -83,6 +83,7 @@ class CohesivNet(nn.Module):
     with_center_head: add the 1-channel hand-centre heatmap head.
     freeze_backbone_for_center: stop gradients from the centre head into Z.
     tiny_stem_width / tiny_stage_planes: widths of the 'tiny' encoder.
+    grouped_conv: formulation of the encoder's grouped convs ('auto', 'xla', 'matmul'; grouped_conv.py).
   """
   encoder: str = "seresnext50"
   decoder_channels: Sequence[int] = (256, 128, 64, 32, 16)
@@ -92,6 +93,7 @@ class CohesivNet(nn.Module):
   freeze_backbone_for_center: bool = True
   tiny_stem_width: int = 8
   tiny_stage_planes: Sequence[int] = (4, 8, 16, 32)
+  grouped_conv: str = "auto"
 
   @nn.nowrap
   def make_encoder(self, name: str | None = None) -> encoders_lib.ResNetEncoder:
@@ -104,9 +106,9 @@ class CohesivNet(nn.Module):
       raise ValueError(f"CohesivNet.encoder={self.encoder!r}; expected one of "
                        f"{sorted(ENCODER_ARCHS)}")
     arch = ENCODER_ARCHS[self.encoder]
-    kwargs = {}
+    kwargs = {"grouped_conv": self.grouped_conv}
     if arch == "tiny":
-      kwargs = dict(stem_width=self.tiny_stem_width,
+      kwargs.update(stem_width=self.tiny_stem_width,
                     stage_planes=tuple(self.tiny_stage_planes))
     return encoders_lib.create_encoder(arch, name=name, **kwargs)
 

@@ -55,6 +55,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from handobj_jax.models import grouped_conv as grouped_conv_lib
+
 # timm initialises every conv with kaiming normal, fan_out, ReLU gain.
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
@@ -115,6 +117,7 @@ class Bottleneck(nn.Module):
   use_se: bool = False
   downsample: bool = False
   zero_init_last: bool = True
+  grouped_conv: str = "auto"
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -125,9 +128,14 @@ class Bottleneck(nn.Module):
     y = nn.Conv(width, (1, 1), use_bias=False, kernel_init=conv_init,
                 name="conv1")(x)
     y = nn.relu(_batch_norm(train, "bn1")(y))
-    y = nn.Conv(width, (3, 3), strides=(self.stride, self.stride),
-                padding=_pad(3), feature_group_count=self.cardinality,
-                use_bias=False, kernel_init=conv_init, name="conv2")(y)
+    if self.cardinality > 1:
+      # Same parameter ('conv2/kernel') as nn.Conv; its formulation is the config's (grouped_conv.py).
+      y = grouped_conv_lib.GroupedConv(width, (3, 3), (self.stride, self.stride), _pad(3),
+                                       groups=self.cardinality, impl=self.grouped_conv,
+                                       kernel_init=conv_init, name="conv2")(y)
+    else:
+      y = nn.Conv(width, (3, 3), strides=(self.stride, self.stride), padding=_pad(3),
+                  use_bias=False, kernel_init=conv_init, name="conv2")(y)
     y = nn.relu(_batch_norm(train, "bn2")(y))
     y = nn.Conv(out_channels, (1, 1), use_bias=False, kernel_init=conv_init,
                 name="conv3")(y)
@@ -156,6 +164,8 @@ class ResNetEncoder(nn.Module):
     base_width: per-group width at planes=64 (ResNeXt "4d" = 4).
     use_se: squeeze-excitation after the third BN of every block.
     zero_init_last: zero-init the last BN scale of every block (timm default).
+    grouped_conv: formulation of the grouped 3x3 convs, 'auto' / 'xla' / 'matmul' (grouped_conv.py;
+      'auto' is the im2col matmul on CPU, whose gradient XLA:CPU's grouped conv makes ~40x slower).
   """
   stage_sizes: Sequence[int] = (3, 4, 6, 3)
   stage_planes: Sequence[int] = (64, 128, 256, 512)
@@ -164,6 +174,7 @@ class ResNetEncoder(nn.Module):
   base_width: int = 64
   use_se: bool = False
   zero_init_last: bool = True
+  grouped_conv: str = "auto"
 
   @property
   def feature_channels(self) -> tuple[int, ...]:
@@ -201,7 +212,7 @@ class ResNetEncoder(nn.Module):
         y = Bottleneck(planes=planes, stride=stride,
                        cardinality=self.cardinality, base_width=self.base_width,
                        use_se=self.use_se, downsample=needs_shortcut,
-                       zero_init_last=self.zero_init_last,
+                       zero_init_last=self.zero_init_last, grouped_conv=self.grouped_conv,
                        name=f"layer{s + 1}_{b}")(y, train)
         in_channels = 4 * planes
       features.append(y)

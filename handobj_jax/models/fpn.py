@@ -97,6 +97,7 @@ class FPN(nn.Module):
   upsample: str = "nearest"
   tiny_stem_width: int = 8              # Widths of the 'tiny' trunk (CPU configs and tests).
   tiny_stage_planes: tuple[int, ...] = (4, 8, 16, 32)
+  grouped_conv: str = "auto"            # The trunk's grouped convs: 'auto', 'xla', 'matmul' (grouped_conv.py).
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> tuple[jax.Array, ...]:
@@ -108,9 +109,9 @@ class FPN(nn.Module):
       raise ValueError(f"FPN input must be [B, H, W, C] with H, W multiples of "
                        f"32, got shape {x.shape}")
     up = upsample_nearest_2x if self.upsample == "nearest" else upsample_bilinear_2x
-    kwargs = {}
+    kwargs = {"grouped_conv": self.grouped_conv}
     if self.arch == "tiny":
-      kwargs = dict(stem_width=self.tiny_stem_width, stage_planes=tuple(self.tiny_stage_planes))
+      kwargs.update(stem_width=self.tiny_stem_width, stage_planes=tuple(self.tiny_stage_planes))
     trunk = encoders_lib.create_encoder(self.arch, name="encoder", **kwargs)
     c2, c3, c4, c5 = trunk(x, train=train)[1:]
     lateral = [nn.Conv(self.out_channels, (1, 1), use_bias=True,

@@ -55,6 +55,7 @@ class HandObjectNet(nn.Module):
   trunk: str = "resnet50"
   tiny_stem_width: int = 8
   tiny_stage_planes: Sequence[int] = (4, 8, 16, 32)
+  grouped_conv: str = "auto"
   channels: int = 256
   fpn_upsample: str = "nearest"
   roi_size: int = 32
@@ -91,7 +92,7 @@ class HandObjectNet(nn.Module):
         IMAGENET_STD, jnp.float32)
     p2 = fpn_lib.FPN(arch=self.trunk, out_channels=self.channels, upsample=self.fpn_upsample,
                      tiny_stem_width=self.tiny_stem_width, tiny_stage_planes=tuple(self.tiny_stage_planes),
-                     name="fpn")(x, train)[0]
+                     grouped_conv=self.grouped_conv, name="fpn")(x, train)[0]
     hand_box = jnp.asarray(hand_box, jnp.float32)
     obj_box = jnp.asarray(obj_box, jnp.float32)
     inter_box, inter_ok = roi_lib.box_intersection(hand_box, obj_box)

@@ -66,7 +66,7 @@ QUERY_RGB = (0, 90, 255)
 
 def make_model(model_config) -> cohesiv.CohesivNet:
   """`CohesivNet` from `config.model` (encoder, decoder_channels, embed_dim, attn_dim, center_head,
-  tiny_stem_width, tiny_stage_planes)."""
+  tiny_stem_width, tiny_stage_planes, grouped_conv)."""
   return cohesiv.CohesivNet(
       encoder=model_config.encoder,
       decoder_channels=tuple(model_config.decoder_channels),
@@ -75,7 +75,8 @@ def make_model(model_config) -> cohesiv.CohesivNet:
       with_center_head=model_config.center_head,
       freeze_backbone_for_center=True,
       tiny_stem_width=model_config.tiny_stem_width,
-      tiny_stage_planes=tuple(model_config.tiny_stage_planes))
+      tiny_stage_planes=tuple(model_config.tiny_stage_planes),
+      grouped_conv=model_config.get("grouped_conv", "auto"))  # Older workdirs: "auto".
 
 
 def as_unit_float(x: jax.Array) -> jax.Array:

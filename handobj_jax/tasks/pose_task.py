@@ -65,6 +65,7 @@ def make_model(model_config) -> hand_object.HandObjectNet:
   m = model_config
   return hand_object.HandObjectNet(
       trunk=m.trunk, tiny_stem_width=m.tiny_stem_width, tiny_stage_planes=tuple(m.tiny_stage_planes),
+      grouped_conv=m.get("grouped_conv", "auto"),  # Older workdirs lack it: "auto".
       channels=m.channels, roi_size=m.roi_size, sampling_ratio=m.sampling_ratio, cr=m.cr,
       cr_heads=m.cr_heads, cr_mlp_ratio=m.cr_mlp_ratio, hourglass_depth=m.hourglass_depth,
       mesh_stage_channels=tuple(m.mesh_stage_channels), mesh_blocks_per_stage=m.mesh_blocks_per_stage,
