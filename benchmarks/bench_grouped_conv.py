@@ -7,8 +7,9 @@ after compilation, all measured in this one run; the last column is each row's f
 
 Rows:
   xla           lax.conv_general_dilated(..., feature_group_count=32) (flax.linen.Conv's path)
-  block_diag    a dense conv on the block-diagonal 256 x 256 kernel (same values; 32x the FLOPs)
-  matmul        im2col + one batched matmul over the groups (the 'matmul' / CPU 'auto' formulation)
+  block_diag    a dense conv on the block-diagonal 256 x 256 kernel (same values; 32x the FLOPs;
+                CPU 'auto' for <= 4 groups)
+  matmul        im2col + one batched matmul over the groups (CPU 'auto' for > 4 groups)
   torch         torch.nn.functional.conv2d(groups=32), NCHW, eager (needs the reference extra)
 
 Usage: python benchmarks/bench_grouped_conv.py [--batch 10] [--size 64] [--channels 256] [--groups 32]
@@ -37,23 +38,9 @@ def _best(fn, repeats):
   return min(times)
 
 
-def _block_diag(kernel, groups):
-  kh, kw, cg, cout = kernel.shape
-  og = cout // groups
-  k = kernel.reshape(kh, kw, cg, groups, og)
-  eye = jnp.eye(groups, dtype=kernel.dtype)
-  return jnp.einsum("hwcgo,fg->hwfcgo", k, eye).reshape(kh, kw, groups * cg, cout)
-
-
 def _jax_rows(x, k, groups, repeats):
-  def dense(x, k):
-    return jax.lax.conv_general_dilated(x, _block_diag(k, groups), (1, 1), PAD,
-                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
-  convs = {
-      "xla": lambda x, k: gc.grouped_conv(x, k, (1, 1), PAD, groups, "xla"),
-      "block_diag": dense,
-      "matmul": lambda x, k: gc.grouped_conv(x, k, (1, 1), PAD, groups, "matmul"),
-  }
+  convs = {impl: (lambda x, k, impl=impl: gc.grouped_conv(x, k, (1, 1), PAD, groups, impl))
+           for impl in ("xla", "block_diag", "matmul")}
   rows = {}
   for name, conv in convs.items():
     fwd = jax.jit(conv)

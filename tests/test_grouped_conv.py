@@ -1,4 +1,4 @@
-"""Tests for handobj_jax.models.grouped_conv: the im2col + batched-matmul formulation against
+"""Tests for handobj_jax.models.grouped_conv: the im2col + batched-matmul and block-diagonal formulations against
 `lax.conv_general_dilated(..., feature_group_count=G)` (the reference), in value and gradient.
 
 The encoders use the formulation of `config.model.grouped_conv` ('auto' = 'matmul' on CPU), so the timm
@@ -39,16 +39,18 @@ def _conv(impl, case):
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_matmul_equals_xla_in_value(case):
+@pytest.mark.parametrize("impl", ["matmul", "block_diag"])
+def test_formulation_equals_xla_in_value(case, impl):
   x, k = _inputs(case)
   ref = np.asarray(jax.jit(_conv("xla", case))(x, k))
-  ours = np.asarray(jax.jit(_conv("matmul", case))(x, k))
+  ours = np.asarray(jax.jit(_conv(impl, case))(x, k))
   assert ours.shape == ref.shape
   np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_matmul_equals_xla_in_gradient(case):
+@pytest.mark.parametrize("impl", ["matmul", "block_diag"])
+def test_formulation_equals_xla_in_gradient(case, impl):
   x, k = _inputs(case, seed=1)
   # A loss whose cotangent varies per output element, so every gradient path is exercised.
   w = jnp.asarray(np.random.default_rng(2).normal(size=_conv("xla", case)(x, k).shape).astype(np.float32))
@@ -57,7 +59,7 @@ def test_matmul_equals_xla_in_gradient(case):
     loss = lambda x, k: jnp.sum(w * _conv(impl, case)(x, k) ** 2)
     return jax.jit(jax.grad(loss, argnums=(0, 1)))(x, k)
 
-  for ref, ours in zip(grads("xla"), grads("matmul")):
+  for ref, ours in zip(grads("xla"), grads(impl)):
     ref, ours = np.asarray(ref), np.asarray(ours)
     scale = np.abs(ref).max()
     np.testing.assert_allclose(ours / scale, ref / scale, rtol=0, atol=2e-5)
@@ -69,15 +71,18 @@ def test_module_matches_flax_conv_parameters_and_output():
   ref_mod = nn.Conv(32, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), feature_group_count=4,
                     use_bias=False)
   params = ref_mod.init(jax.random.PRNGKey(0), x)
-  for impl in ("xla", "matmul", "auto"):
+  for impl in ("xla", "matmul", "block_diag", "auto"):
     mod = gc.GroupedConv(32, (3, 3), (2, 2), ((1, 1), (1, 1)), groups=4, impl=impl)
     ours_params = mod.init(jax.random.PRNGKey(0), x)
     assert jax.tree.map(jnp.shape, ours_params) == jax.tree.map(jnp.shape, params)
     np.testing.assert_allclose(mod.apply(params, x), ref_mod.apply(params, x), rtol=1e-5, atol=1e-5)
 
 
-def test_auto_is_matmul_on_cpu_and_bad_inputs_name_the_problem():
-  assert gc.resolve_impl("auto") == ("matmul" if jax.default_backend() == "cpu" else "xla")
+def test_auto_choice_and_bad_inputs_name_the_problem():
+  cpu = jax.default_backend() == "cpu"
+  assert gc.resolve_impl("auto", 32) == ("matmul" if cpu else "xla")
+  assert gc.resolve_impl("auto", 2) == ("block_diag" if cpu else "xla")
+  assert gc.resolve_impl("auto", 1) == "xla"
   with pytest.raises(ValueError, match="impl must be one of"):
     gc.resolve_impl("fast")
   x, k = _inputs(CASES[0])

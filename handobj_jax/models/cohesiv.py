@@ -83,7 +83,7 @@ class CohesivNet(nn.Module):
     with_center_head: add the 1-channel hand-centre heatmap head.
     freeze_backbone_for_center: stop gradients from the centre head into Z.
     tiny_stem_width / tiny_stage_planes: widths of the 'tiny' encoder.
-    grouped_conv: formulation of the encoder's grouped convs ('auto', 'xla', 'matmul'; grouped_conv.py).
+    grouped_conv: formulation of the encoder's grouped convs (grouped_conv.IMPLS; 'auto' by backend).
   """
   encoder: str = "seresnext50"
   decoder_channels: Sequence[int] = (256, 128, 64, 32, 16)

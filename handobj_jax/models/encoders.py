@@ -164,8 +164,8 @@ class ResNetEncoder(nn.Module):
     base_width: per-group width at planes=64 (ResNeXt "4d" = 4).
     use_se: squeeze-excitation after the third BN of every block.
     zero_init_last: zero-init the last BN scale of every block (timm default).
-    grouped_conv: formulation of the grouped 3x3 convs, 'auto' / 'xla' / 'matmul' (grouped_conv.py;
-      'auto' is the im2col matmul on CPU, whose gradient XLA:CPU's grouped conv makes ~40x slower).
+    grouped_conv: formulation of the grouped 3x3 convs, 'auto' / 'xla' / 'matmul' / 'block_diag'
+      (grouped_conv.py; on CPU 'auto' avoids XLA:CPU's slow grouped-conv gradient).
   """
   stage_sizes: Sequence[int] = (3, 4, 6, 3)
   stage_planes: Sequence[int] = (64, 128, 256, 512)

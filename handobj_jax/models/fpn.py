@@ -97,7 +97,7 @@ class FPN(nn.Module):
   upsample: str = "nearest"
   tiny_stem_width: int = 8              # Widths of the 'tiny' trunk (CPU configs and tests).
   tiny_stage_planes: tuple[int, ...] = (4, 8, 16, 32)
-  grouped_conv: str = "auto"            # The trunk's grouped convs: 'auto', 'xla', 'matmul' (grouped_conv.py).
+  grouped_conv: str = "auto"            # The trunk's grouped convs (grouped_conv.IMPLS).
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> tuple[jax.Array, ...]:

@@ -8,11 +8,15 @@ forward + backward in ~0.55 s there (benchmarks/bench_grouped_conv.py prints the
 
 Formulations (`impl`):
   'xla'     `lax.conv_general_dilated` with `feature_group_count` (what `flax.linen.Conv` does).
+  'block_diag'  a dense convolution with the block-diagonal (Cin x Cout) kernel, zero between groups: G
+            times the FLOPs, but XLA:CPU's dense conv and its gradients are fast; wins for few groups.
   'matmul'  im2col: the kh * kw shifted (strided) views of the padded input are stacked to
             [N*Ho*Wo, G, kh*kw*Cg] and multiplied by the kernel as [G, kh*kw*Cg, Og] with one batched
             matmul. Same arithmetic, different summation order: it equals 'xla' to float32 rounding.
-  'auto'    'matmul' on CPU, 'xla' on GPU and TPU (whose grouped-conv kernels are fast), decided when
-            the function is traced.
+  'auto'    on CPU 'block_diag' for <= 4 groups (the 'tiny' encoders), 'matmul' for more (ResNeXt's 32);
+            'xla' on GPU and TPU, whose grouped-conv kernels are fast. Decided when the function is traced.
+            Measured on a 2-core CPU, fwd + bwd / PyTorch: 32 groups at 10x64x64x256: xla 130x,
+            block_diag 9.3x, matmul 3.3x; 2 groups at 10x32x32x64: xla 9.6x, block_diag 1.7x, matmul 2.9x.
 
 Layout: NHWC input, HWIO kernel of shape (kh, kw, Cin / G, Cout) exactly as `flax.linen.Conv` stores it, so
 checkpoints and converted timm weights are the same for every formulation; output channel g * Og + o comes
@@ -27,16 +31,29 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-IMPLS = ("auto", "xla", "matmul")
+IMPLS = ("auto", "xla", "matmul", "block_diag")
+# On CPU, 'auto' takes 'block_diag' up to this many groups (G x the FLOPs of one dense conv), else 'matmul'.
+AUTO_BLOCK_DIAG_MAX_GROUPS = 4
 
 
-def resolve_impl(impl: str) -> str:
-  """'auto' -> 'matmul' on CPU, 'xla' elsewhere; checks the name."""
+def resolve_impl(impl: str, groups: int = 32) -> str:
+  """'auto' -> on CPU 'block_diag' for <= 4 groups, else 'matmul'; 'xla' on GPU / TPU. Checks the name."""
   if impl not in IMPLS:
     raise ValueError(f"grouped conv impl must be one of {IMPLS}, got {impl!r}")
   if impl == "auto":
-    return "matmul" if jax.default_backend() == "cpu" else "xla"
+    if jax.default_backend() != "cpu" or groups == 1:
+      return "xla"
+    return "block_diag" if groups <= AUTO_BLOCK_DIAG_MAX_GROUPS else "matmul"
   return impl
+
+
+def block_diagonal_kernel(kernel: jax.Array, groups: int) -> jax.Array:
+  """(kh, kw, Cin / G, Cout) grouped kernel -> the (kh, kw, Cin, Cout) dense kernel that is zero between
+  groups (input channel block f feeds only output block f)."""
+  kh, kw, cg, cout = kernel.shape
+  k = kernel.reshape(kh, kw, cg, groups, cout // groups)
+  eye = jnp.eye(groups, dtype=kernel.dtype)
+  return jnp.einsum("hwcgo,fg->hwfcgo", k, eye).reshape(kh, kw, groups * cg, cout)
 
 
 def _explicit_padding(padding, kernel_size) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -56,7 +73,7 @@ def grouped_conv(x: jax.Array, kernel: jax.Array, strides: Sequence[int] = (1, 1
     strides: (sh, sw).
     padding: ((top, bottom), (left, right)) zero padding.
     groups: number of feature groups G.
-    impl: 'auto', 'xla' or 'matmul' (module docstring).
+    impl: 'auto', 'xla', 'matmul' or 'block_diag' (module docstring).
 
   Returns:
     [N, Ho, Wo, Cout] with Ho = (H + top + bottom - kh) // sh + 1 (likewise Wo).
@@ -69,10 +86,12 @@ def grouped_conv(x: jax.Array, kernel: jax.Array, strides: Sequence[int] = (1, 1
                      f"{groups} groups")
   pad = _explicit_padding(padding, (kh, kw))
   sh, sw = (int(s) for s in strides)
-  if resolve_impl(impl) == "xla":
+  impl = resolve_impl(impl, groups)
+  if impl in ("xla", "block_diag"):
+    dense = impl == "block_diag" and groups > 1
     return jax.lax.conv_general_dilated(
-        x, kernel, (sh, sw), pad, dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        feature_group_count=groups)
+        x, block_diagonal_kernel(kernel, groups) if dense else kernel, (sh, sw), pad,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=1 if dense else groups)
   n, h, w, _ = x.shape
   xp = jnp.pad(x, ((0, 0), pad[0], pad[1], (0, 0)))
   ho = (h + pad[0][0] + pad[0][1] - kh) // sh + 1
@@ -98,7 +117,7 @@ class GroupedConv(nn.Module):
     strides: (sh, sw).
     padding: ((top, bottom), (left, right)).
     groups: feature groups.
-    impl: 'auto', 'xla' or 'matmul' (module docstring).
+    impl: 'auto', 'xla', 'matmul' or 'block_diag' (module docstring).
     kernel_init: initialiser of the kernel.
   """
   features: int
