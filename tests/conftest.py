@@ -21,8 +21,35 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 
 import fcntl  # pylint: disable=g-import-not-at-top,wrong-import-position
+import shutil  # pylint: disable=g-import-not-at-top,wrong-import-position
+import tempfile  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+_CACHE_ENV = "JAX_COMPILATION_CACHE_DIR"
+_CACHE_KEY = pytest.StashKey[str]()
+
+
+def pytest_configure(config):
+  """One persistent XLA compilation cache for the whole run, shared by the xdist workers and by the
+  subprocesses that tests start (they inherit the environment). Many tests train, resume or evaluate the
+  same small models: each first compile is paid once per run instead of once per test (most of the suite's
+  time on a 2-core CPU is XLA:CPU compiling). Set by the controller before the workers start, removed when
+  the run ends; a cache dir the user already set is used as it is and left alone."""
+  if hasattr(config, "workerinput") or os.environ.get(_CACHE_ENV):
+    return
+  path = tempfile.mkdtemp(prefix="handobj_jax_test_jit_cache_")
+  config.stash[_CACHE_KEY] = path
+  os.environ[_CACHE_ENV] = path
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.3")
+
+
+def pytest_unconfigure(config):
+  path = config.stash.get(_CACHE_KEY, None)
+  if path:
+    shutil.rmtree(path, ignore_errors=True)
+    os.environ.pop(_CACHE_ENV, None)
 
 
 @pytest.fixture(scope="session")

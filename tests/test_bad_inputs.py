@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -340,11 +341,11 @@ def test_responsibility_is_finite_for_infinite_and_huge_flow():
   flow[2] = 3e38
   flow[3, 5:9, 5:9] = np.nan
   verts = rng.uniform(4, 20, size=(n, v, 2)).astype(np.float32)
-  resp, ok = resp_lib.clip_responsibility(flow, np.ones(k, bool), verts, None, np.ones(n, bool))
+  resp, ok = jax.jit(resp_lib.clip_responsibility)(flow, np.ones(k, bool), verts, None, np.ones(n, bool))
   resp = np.asarray(resp)
   assert np.isfinite(resp).all() and np.allclose(resp.sum(-1), 1.0, atol=1e-5)
   assert np.asarray(ok).shape == (k, n)
-  single = np.asarray(resp_lib.responsibility(flow[0], np.tile(np.eye(3, dtype=np.float32), (n, 1, 1)),
+  single = np.asarray(jax.jit(resp_lib.responsibility)(flow[0], np.tile(np.eye(3, dtype=np.float32), (n, 1, 1)),
                                               np.ones(n, bool)))
   assert np.isfinite(single).all()
 

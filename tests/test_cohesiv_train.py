@@ -29,6 +29,10 @@ from memory_builder import MemoryBuilder
 SIZE = 64
 
 
+# One compiled program instead of the op-by-op eager fits (minutes on 2 cores).
+_clip_responsibility = jax.jit(resp_lib.clip_responsibility, static_argnames=("temperature",))
+
+
 def _examples(num_clips: int, seed0: int) -> dict[str, np.ndarray]:
   """Pseudo-labelled middle frames of `num_clips` synthetic clips, in the stored format."""
   world = synthetic_world.WorldConfig(height=SIZE, width=SIZE)
@@ -38,7 +42,7 @@ def _examples(num_clips: int, seed0: int) -> dict[str, np.ndarray]:
   for c in range(num_clips):
     clip = synthetic_world.generate_clip(world, seed0 + c)
     m = len(mid)
-    r, ok = resp_lib.clip_responsibility(
+    r, ok = _clip_responsibility(
         clip["flow"], np.ones((m, len(synthetic_world.OFFSETS)), bool), clip["hand_vertices"][mid], None,
         np.broadcast_to(clip["hand_valid"], (m, world.max_hands)), temperature=2.0)
     labels = jax.device_get(resp_lib.pseudo_labels(r, clip["person_mask"][mid], 0.5))
@@ -112,7 +116,8 @@ def test_responsibility_term_matches_numpy_reference():
   b["query_valid"] = np.array([[True, False], [True, True]])
   variables = _init(task, b)
   loss, (metrics, _) = _loss(task, variables, b)
-  out = jax.device_get(task.net.apply(variables, jnp.asarray(b["image"]), train=False))
+  forward = jax.jit(lambda v, x: task.net.apply(v, x, train=False))
+  out = jax.device_get(forward(variables, jnp.asarray(b["image"])))
   q, k = out["q"].astype(np.float64), out["k"].astype(np.float64)
   num = den = 0.0
   for i in range(2):
@@ -252,8 +257,9 @@ def test_job_one_step_writes_checkpoint_images_and_stats(tmp_path):
   assert int(stats["checkpoint_step"]) == step
   n = int(stats["num_images"])
   d = _data()["train"]
-  z = jax.device_get(task.net.apply({"params": state.params, "batch_stats": state.batch_stats},
-                                    jnp.asarray(d["image"][:n], jnp.float32) / 255.0, train=False)["z"])
+  embed = jax.jit(lambda v, x: task.net.apply(v, x, train=False)["z"])
+  z = jax.device_get(embed({"params": state.params, "batch_stats": state.batch_stats},
+                           jnp.asarray(d["image"][:n], jnp.float32) / 255.0))
   for k, name in enumerate(train_job.STATS_ORDER):
     mask = d[f"{name}_mask"][:n]
     assert int(stats["pixel_counts"][k]) == int(mask.sum())

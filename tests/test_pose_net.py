@@ -40,6 +40,12 @@ def _smoke(**overrides) -> ml_collections.ConfigDict:
   return config
 
 
+def _init(task, seed: int):
+  """The task's variables, initialised in one compiled program: eagerly, Flax's ~150 initialisers each
+  dispatch and compile their own random-number ops (about a minute on 2 cores)."""
+  return jax.jit(lambda key: task.init_variables(key, None))(jax.random.PRNGKey(seed))
+
+
 def test_paper_sized_network_parameters_and_shapes():
   """Table 6 at 512x512: P2 128x128x256, RoIs 32x32x256, heatmaps 32x32x21, 58 MANO outputs, object grid
   32x32x21x(2+1); parameter counts per CR variant (eval_shape only, nothing is run)."""
@@ -61,7 +67,7 @@ def test_paper_sized_network_parameters_and_shapes():
 def test_degenerate_boxes_are_flagged_and_outputs_finite():
   config = _smoke()
   task = pose_task.HandObjectPoseTask(config)
-  variables = task.init_variables(jax.random.PRNGKey(0), None)
+  variables = _init(task, 0)
   s = config.model.image_size
   images = jnp.asarray(np.random.default_rng(0).uniform(size=(4, s, s, 3)), jnp.float32)
   hand = jnp.array([[10.0, 10, 30, 30], [10.0, 10, 30, 30], [np.nan, 0, 5, 5], [200.0, 200, 260, 260]])
@@ -75,8 +81,8 @@ def test_degenerate_boxes_are_flagged_and_outputs_finite():
       assert np.isfinite(np.asarray(v)).all(), k
   # No intersection: the object features only went through the CR block's feed-forward part.
   assert float(jnp.abs(out["attention_object"][1]).max()) == 0.0
-  grads = jax.grad(lambda p: jnp.sum(task.net.apply({**variables, "params": p}, images, hand, obj,
-                                                    False)["theta"]))(variables["params"])
+  grads = jax.jit(jax.grad(lambda p: jnp.sum(task.net.apply({**variables, "params": p}, images, hand, obj,
+                                                            False)["theta"])))(variables["params"])
   assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))
 
 
@@ -131,6 +137,7 @@ def test_crops_move_image_labels_camera_and_3d_together(augment):
   assert float(prep["cell_mask"].mean()) > 0.1
 
 
+@pytest.mark.slow
 def test_overfits_one_batch_on_two_devices():
   """Adam on one fixed batch (no augmentation) over a 2-device mesh: joint and control-point errors fall."""
   assert jax.device_count() == 2
@@ -159,7 +166,7 @@ def test_object_loss_is_masked_on_pseudo_labelled_examples():
   """Eq. 8: with B = 0 (object_weight) an example's object labels do not matter."""
   config = _smoke(**{"model.image_size": 64, "augment.enabled": False})
   task = pose_task.HandObjectPoseTask(config)
-  variables = task.init_variables(jax.random.PRNGKey(1), None)
+  variables = _init(task, 1)
   batch = {k: jnp.asarray(v) for k, v in _examples(2).items() if k in pose_data.TRAIN_FIELDS}
   loss_fn = jax.jit(lambda b: task.loss_fn(variables["params"], variables["batch_stats"], b,
                                            jax.random.PRNGKey(0), False)[1][0])
