@@ -345,8 +345,8 @@ def test_responsibility_is_finite_for_infinite_and_huge_flow():
   resp = np.asarray(resp)
   assert np.isfinite(resp).all() and np.allclose(resp.sum(-1), 1.0, atol=1e-5)
   assert np.asarray(ok).shape == (k, n)
-  single = np.asarray(jax.jit(resp_lib.responsibility)(flow[0], np.tile(np.eye(3, dtype=np.float32), (n, 1, 1)),
-                                              np.ones(n, bool)))
+  identity = np.tile(np.eye(3, dtype=np.float32), (n, 1, 1))
+  single = np.asarray(jax.jit(resp_lib.responsibility)(flow[0], identity, np.ones(n, bool)))
   assert np.isfinite(single).all()
 
 
