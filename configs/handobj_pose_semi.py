@@ -1,0 +1,74 @@
+r"""Semi-Hand-Object's semi-supervised stage (Liu et al., CVPR 2021, Sec. 5): hand pseudo-labels from unlabelled
+video by a test-time-augmentation ensemble of a trained pose model, selected by spatial and temporal
+consistency.
+
+  python -m handobj_jax.main --config=configs/handobj_pose_semi.py[:variant] \
+      --config.teacher_workdir=SUPERVISED_WORKDIR --workdir=DIR
+
+`teacher_workdir` is a `pose_train` workdir (configs/handobj_pose.py); its config.json and best checkpoint
+give the model. Data: unlabelled clips with per-frame hand and object boxes, by default the embedded
+synthetic video world (`synthetic_ho3d_video`, whose hidden ground truth is used only to score the
+pseudo-labels). The job writes `<workdir>/pseudo_labels/` (per-frame predictions, the filters' masks and
+values), `report.md` / `report.json` (frames removed by each filter in order; pseudo-label errors against the
+hidden truth before and after each filter) and a contact sheet PNG of accepted and rejected frames.
+
+Variants:
+  default  Pseudo-labels on `synthetic_ho3d_video/small` (200 train clips x 16 frames at 128 px).
+  cpu      The same data; sized for a :cpu teacher (configs/handobj_pose.py:cpu).
+  smoke    Tests: the tiny video build (2 clips x 8 frames).
+
+Thresholds (`config.filters`, module `handobj_jax.semi.filters` defines each quantity): the paper's values
+where its quantity is defined (IoU 0.6, t_p 0.65, minimum bone 0.1, angles (0, 90) degrees, 2 sigma for the
+shape). The two smoothness thresholds are the paper's numbers without units (t_j = 0.5, t_theta = 0.01); in
+this project's units (per-joint RMS change of the centred 2D pose / box side; RMS change of the 45
+articulation angles, radians) the ground-truth motion of the synthetic videos is 0.009 / 0.015 at the
+median and 0.017 / 0.023 at the 95th percentile, so 0.5 would never reject a frame and 0.01 would reject half
+of the true motion. The defaults, 0.1 and 0.05, are several times the true motion's 95th percentile.
+"""
+
+import ml_collections
+
+from handobj_jax import config_lib
+
+VARIANTS = ("default", "cpu", "smoke")
+
+
+def filters() -> ml_collections.ConfigDict:
+  """The pseudo-label filters' thresholds (`handobj_jax.semi.filters`); the one home of their defaults."""
+  f = ml_collections.ConfigDict()
+  f.min_iou = 0.6          # IoU of the re-projected mesh's box and the given box (Sec. 5.1.1).
+  f.box_scale = 1.1        # The given boxes' enlargement of the tight mesh box (synthetic world: 1.1).
+  f.max_reproj = 0.65      # t_p: normalised 2D distance between J2D and Pi* J3D.
+  f.min_bone = 0.1         # Minimum bone length / palm length.
+  f.angle_min_deg = 0.0    # Flexion range of the MCP and PIP joints (paper: (0, 90)) ...
+  f.angle_tol_deg = 15.0   # ... less this much hyper-extension.
+  f.angle_max_deg = 90.0   # Maximum flexion of every finger joint.
+  f.max_j2d = 0.1          # Smoothness of the centred 2D pose between neighbouring frames (box sides).
+  f.max_theta = 0.05       # Smoothness of the articulation (RMS radians).
+  f.shape_sigmas = 2.0     # Shape filter: |beta - mean| <= this x sigma_C.
+  return f
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  variant = config_lib.parse_variant(arg, VARIANTS)
+  config = ml_collections.ConfigDict()
+  config.job = "pose_pseudolabel"
+  config.seed = 0
+  config.teacher_workdir = ""
+  config.data = ml_collections.ConfigDict()
+  config.data.name = "synthetic_ho3d_video"
+  config.data.builder_config = "small" if variant != "smoke" else "tiny"
+  config.data.split = "train"
+  config.data.data_dir = ""        # '' -> $HANDOBJ_DATA_DIR or ~/tensorflow_datasets
+  config.data.manual_dir = ""
+  config.batch_size = 16           # Frames per step (times the number of transforms through the network).
+  config.max_clips = 0             # 0: every clip of the split.
+  config.tta = ml_collections.ConfigDict()
+  config.tta.transforms = "id,r15,r-15,r30,r-30,r180,s0.85,s1.15"  # Sec. 5.1: 8 augmentations.
+  config.filters = filters()
+  config.report = ml_collections.ConfigDict()
+  config.report.num_figures = 16
+  if variant == "smoke":
+    config.batch_size = 4
+    config.report.num_figures = 4
+  return config
