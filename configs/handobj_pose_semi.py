@@ -37,7 +37,7 @@ def filters() -> ml_collections.ConfigDict:
   """The pseudo-label filters' thresholds (`handobj_jax.semi.filters`); the one home of their defaults."""
   f = ml_collections.ConfigDict()
   f.min_iou = 0.6          # IoU of the re-projected mesh's box and the given box (Sec. 5.1.1).
-  f.box_scale = 1.1        # The given boxes' enlargement of the tight mesh box (synthetic world: 1.1).
+  f.box_scale = 1.0        # The given boxes' enlargement of the tight mesh box (synthetic video: tight, 1.0).
   f.max_reproj = 0.65      # t_p: normalised 2D distance between J2D and Pi* J3D.
   f.min_bone = 0.1         # Minimum bone length / palm length.
   f.angle_min_deg = 0.0    # Flexion range of the MCP and PIP joints (paper: (0, 90)) ...
@@ -63,6 +63,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.manual_dir = ""
   config.batch_size = 16           # Frames per step (times the number of transforms through the network).
   config.max_clips = 0             # 0: every clip of the split.
+  config.chunk_clips = 8           # Clips per resumable chunk file.
   config.tta = ml_collections.ConfigDict()
   config.tta.transforms = "id,r15,r-15,r30,r-30,r180,s0.85,s1.15"  # Sec. 5.1: 8 augmentations.
   config.filters = filters()
@@ -70,5 +71,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.report.num_figures = 16
   if variant == "smoke":
     config.batch_size = 4
+    config.chunk_clips = 1
     config.report.num_figures = 4
   return config

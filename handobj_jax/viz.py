@@ -171,6 +171,21 @@ def upscale_points(points: np.ndarray, scale: int) -> np.ndarray:
   return np.asarray(points, np.float64) * scale + (scale - 1) / 2.0
 
 
+def grid(tiles: Sequence[np.ndarray], cols: int, pad: int = 2) -> np.ndarray:
+  """Tiles [h, w, 3] uint8 (same size) laid out row-major in `cols` columns with `pad` black pixels
+  between them; missing tiles of the last row are black."""
+  if not tiles:
+    raise ValueError("grid: no tiles")
+  h, w = tiles[0].shape[:2]
+  cols = max(1, min(int(cols), len(tiles)))
+  rows = -(-len(tiles) // cols)
+  out = np.zeros((rows * (h + pad) - pad, cols * (w + pad) - pad, 3), np.uint8)
+  for i, t in enumerate(tiles):
+    r, c = divmod(i, cols)
+    out[r * (h + pad):r * (h + pad) + h, c * (w + pad):c * (w + pad) + w] = t
+  return out
+
+
 def write_png(path: str, image: np.ndarray) -> None:
   """Writes RGB uint8 [H, W, 3], or a bool / uint8 [H, W] mask (bool written 0/255), to a PNG; raises
   OSError naming the path on failure."""

@@ -22,6 +22,7 @@ JOBS: dict[str, str] = {
     "eval": "handobj_jax.jobs.evaluate:run",
     "pose_train": "handobj_jax.jobs.pose:train",
     "pose_eval": "handobj_jax.jobs.pose:evaluate",
+    "pose_pseudolabel": "handobj_jax.jobs.pose_semi:pseudolabel",
 }
 
 

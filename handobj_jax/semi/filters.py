@@ -19,7 +19,8 @@ Spatial filters (Sec. 5.1.1), per frame:
     exact minimiser that SMPLify's optimiser approaches; a negative or vanishing s (no valid fit) is
     flagged and rejected.
   * IoU: the box of the re-projected mesh, s V[:2] + t, scaled by `box_scale` (the same enlargement the
-    given boxes carry, e.g. 1.1 for the synthetic world's hand boxes) against the given box; kept when
+    given boxes carry; 1.0 for the synthetic video's tight hand boxes, where the ground truth's IoU is
+    0.81 at the 5th percentile and 0.95 at the median: the weak-perspective approximation) against the given box; kept when
     IoU >= `min_iou` (paper: 0.6).
   * Pose re-projection: both 2D joint sets (the network's J2D and Pi* J3D) are centred on their mean and
     divided by their root-mean-square distance to it, so each becomes a set of unit RMS radius whatever the
@@ -63,19 +64,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from handobj_jax import viz
 from handobj_jax.geometry import crop as crop_lib
 
 Array = jax.Array
 _EPS = 1e-8
 
-# The five finger chains from the wrist to the tip in HO-3D joint order (`mano.JOINT21_NAMES`).
-FINGER_CHAINS = (
-    (0, 13, 14, 15, 16),  # thumb
-    (0, 1, 2, 3, 17),     # index
-    (0, 4, 5, 6, 18),     # middle
-    (0, 10, 11, 12, 19),  # ring
-    (0, 7, 8, 9, 20),     # little
-)
+# The five finger chains from the wrist to the tip (thumb, index, middle, ring, little) in HO-3D joint order.
+FINGER_CHAINS = viz.HAND_CHAINS["ho3d"]
 WRIST, INDEX_MCP, MIDDLE_MCP, LITTLE_MCP = 0, 1, 4, 7
 # Flexion angles with a lower bound: the MCP and PIP of the index, middle, ring and little fingers.
 _LOWER_BOUNDED = np.asarray([3, 4, 6, 7, 9, 10, 12, 13])

@@ -1,0 +1,84 @@
+"""The `pose_pseudolabel` job (Semi-Hand-Object Sec. 5.1): TTA pseudo-labels of unlabelled clips from a trained
+teacher, filters, report; a stop after the first chunk and a restart give exactly the uninterrupted result."""
+import glob
+import json
+import os
+
+import ml_collections
+import numpy as np
+import pytest
+
+from configs import handobj_pose
+from configs import handobj_pose_semi
+from handobj_jax import jobs
+from handobj_jax import preemption
+from handobj_jax.jobs import pose_semi
+from handobj_jax.semi import filters
+
+
+def _semi(data_dir, teacher, **overrides) -> ml_collections.ConfigDict:
+  config = handobj_pose_semi.get_config("smoke")
+  config.data.data_dir = str(data_dir)
+  config.teacher_workdir = str(teacher)
+  config.update_from_flattened_dict(overrides)
+  return config
+
+
+def test_bad_settings_are_one_clear_error(tmp_path):
+  with pytest.raises(jobs.JobInputError, match="config.teacher_workdir is empty"):
+    pose_semi.pseudolabel(_semi(tmp_path, ""), str(tmp_path / "w"))
+  with pytest.raises(jobs.JobInputError, match="no such directory"):
+    pose_semi.pseudolabel(_semi(tmp_path, tmp_path / "missing"), str(tmp_path / "w"))
+  with pytest.raises(jobs.JobInputError, match="bad token 'q7'"):
+    pose_semi.pseudolabel(_semi(tmp_path, tmp_path, **{"tta.transforms": "id,q7"}), str(tmp_path / "w"))
+  (tmp_path / "cohesiv").mkdir()
+  (tmp_path / "cohesiv" / "config.json").write_text(json.dumps({"job": "train"}))
+  with pytest.raises(jobs.JobInputError, match="must be a pose_train workdir"):
+    pose_semi.pseudolabel(_semi(tmp_path, tmp_path / "cohesiv"), str(tmp_path / "w"))
+
+
+@pytest.mark.slow
+def test_pseudolabel_job_stop_and_resume_loses_and_duplicates_nothing(tmp_path):
+  data_dir = tmp_path / "data"
+  data_dir.mkdir()
+  teacher = str(tmp_path / "teacher")
+  config = handobj_pose.get_config("smoke")
+  config.data.data_dir = str(data_dir)
+  jobs.get_job("pose_train")(config, teacher)
+
+  # Uninterrupted reference run.
+  ref = pose_semi.pseudolabel(_semi(data_dir, teacher), str(tmp_path / "ref"))
+  n = len(ref["labels"]["clip_index"])
+  assert n == 2 * 8                                   # The tiny video build: 2 train clips x 8 frames.
+  pairs = set(zip(ref["labels"]["clip_index"].tolist(), ref["labels"]["frame_index"].tolist()))
+  assert pairs == {(c, t) for c in range(2) for t in range(8)}
+  for k in ("joints2d", "joints3d", "verts3d", "theta", "beta"):
+    assert np.all(np.isfinite(ref["labels"][k])), k
+
+  # A stop request: the job ends after chunk 0 of 2 (one clip per chunk), chunk 0 on disk.
+  work = tmp_path / "stopped"
+  preemption.request()
+  try:
+    with pytest.raises(preemption.StopRequested, match="after chunk 0 of 2"):
+      pose_semi.pseudolabel(_semi(data_dir, teacher), str(work))
+  finally:
+    preemption.clear()
+  chunks = sorted(os.path.basename(p) for p in glob.glob(str(work / "pseudo_labels" / "chunks" / "*")))
+  assert chunks == ["chunk_00000.npz"]
+  first = os.stat(work / "pseudo_labels" / "chunks" / "chunk_00000.npz")
+  # A partial write of chunk 1 from a killed process is ignored (atomic renames: only whole files count).
+  (work / "pseudo_labels" / "chunks" / "chunk_00001.npz.tmp-999").write_bytes(b"partial")
+  resumed = pose_semi.pseudolabel(_semi(data_dir, teacher), str(work))
+  assert os.stat(work / "pseudo_labels" / "chunks" / "chunk_00000.npz").st_mtime_ns == first.st_mtime_ns
+  for k, v in ref["labels"].items():
+    np.testing.assert_array_equal(resumed["labels"][k], v, err_msg=k)
+
+  # Outputs: labels with masks, report, contact sheet; counts add up.
+  saved = np.load(work / "pseudo_labels" / pose_semi.LABELS_FILE)
+  assert saved["keep"].shape == (n,) and {f"mask_{k}" for k in filters.FILTER_NAMES} <= set(saved.files)
+  report = json.loads((work / "pseudo_labels" / "report.json").read_text())
+  removed = sum(s.get("removed", 0) for s in report["stages"])
+  assert report["num_frames"] == n and report["num_kept"] == n - removed == int(saved["keep"].sum())
+  assert report["has_ground_truth"] and np.isfinite(report["stages"][0]["pa_mpjpe_mm"])
+  assert "| after iou |" in (work / "pseudo_labels" / "report.md").read_text()
+  assert os.path.getsize(work / "pseudo_labels" / "contact_sheet.png") > 1000
