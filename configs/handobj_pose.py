@@ -124,6 +124,14 @@ def _base() -> ml_collections.ConfigDict:
   config.optim.decay_every_epochs = 10
   config.optim.decay_factor = 0.7
 
+  # Semi-supervised retraining (Sec. 5.2): labelled data + the pseudo-labels of a pose_pseudolabel workdir.
+  config.semi = ml_collections.ConfigDict()
+  config.semi.pseudo_workdir = ""  # '' = supervised training only.
+  config.semi.pseudo_ratio = -1.0  # Share of pseudo-labelled examples per batch; < 0: the union's proportion.
+  config.semi.pseudo_fraction = 1.0  # Fraction of the kept pseudo-labels used (Fig. 9).
+  config.semi.use_spatial = True   # Table 4: the spatial / temporal filter groups.
+  config.semi.use_temporal = True
+
   config.checkpoint = config_lib.checkpointing()
   config.viz = ml_collections.ConfigDict()
   config.viz.num_examples = 2

@@ -129,6 +129,19 @@ def train_dataset(ds: tf.data.Dataset, *, batch_size: int, seed: int,
   return _deterministic(ds).prefetch(prefetch)
 
 
+def mix_datasets(sources: list[tf.data.Dataset], weights: list[float], *, seed: int, shuffle_buffer: int,
+                 cache: bool) -> tf.data.Dataset:
+  """An infinite mixture: each source cached (optionally), shuffled with its own seed and repeated, then
+  sampled with probabilities `weights` (deterministic for a seed). Feed it to `train_dataset` with
+  cache=False."""
+  streams = []
+  for i, ds in enumerate(sources):
+    if cache:
+      ds = ds.cache()
+    streams.append(ds.shuffle(shuffle_buffer, seed=seed + i, reshuffle_each_iteration=True).repeat())
+  return tf.data.Dataset.sample_from_datasets(streams, weights=[float(w) for w in weights], seed=seed)
+
+
 def _add_mask(example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
   return {**example, MASK_KEY: tf.constant(True)}
 

@@ -33,6 +33,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import tensorflow as tf
 from absl import logging
 
 from handobj_jax import console
@@ -72,6 +73,54 @@ def _eval_batches(builder, split: str, batch_size: int, mesh, fields=pose_data.T
                                  source=_source(builder, split))
 
 
+def _with_object_weight(weight: float):
+  def fn(example):
+    return {**example, "object_weight": tf.constant(weight, tf.float32)}
+  return fn
+
+
+def _pseudo_source(config, builder) -> dict[str, Any] | None:
+  """The pseudo-labelled examples of `config.semi.pseudo_workdir` (Sec. 5.2), or None without one."""
+  semi = config.get("semi")
+  if semi is None or not semi.pseudo_workdir:
+    return None
+  from handobj_jax.jobs import evaluate as cohesiv_eval_job  # pylint: disable=g-import-not-at-top
+  from input_pipeline import pseudo_pose  # pylint: disable=g-import-not-at-top
+  pseudo_dir = os.path.abspath(os.path.expanduser(semi.pseudo_workdir))
+  pseudo_config = cohesiv_eval_job.config_for_workdir(pseudo_dir, None)
+  if pseudo_config.get("job") != "pose_pseudolabel":
+    raise jobs.JobInputError(f"config.semi.pseudo_workdir={pseudo_dir} holds a {pseudo_config.get('job')!r} "
+                             "run; expected a pose_pseudolabel workdir (configs/handobj_pose_semi.py)")
+  labels = pseudo_pose.load_labels(pseudo_dir)
+  video = datasets.get_builder(pseudo_config.data)
+  hw = tuple(video.info.features["frames"].shape[1:3])
+  image_hw = tuple(builder.info.features["image"].shape[:2])
+  if hw != image_hw:
+    raise jobs.JobInputError(f"pseudo-labelled frames of {video.info.full_name} are {hw[0]}x{hw[1]} but "
+                             f"{builder.info.full_name}'s images are {image_hw[0]}x{image_hw[1]}; batches need "
+                             "one image size")
+  try:
+    choice = pseudo_pose.choose_frames(labels, pseudo_config.filters, use_spatial=semi.use_spatial,
+                                       use_temporal=semi.use_temporal, fraction=float(semi.pseudo_fraction),
+                                       seed=config.seed)
+  except ValueError as e:
+    raise jobs.JobInputError(str(e)) from None
+  if not choice["used"]:
+    raise jobs.JobInputError(f"{pseudo_dir}: no pseudo-labelled frame passes the filters; nothing to add")
+  arrays = pseudo_pose.example_arrays(labels, choice["indices"], hw)
+  ds = pseudo_pose.dataset(pipeline.load_split(video, pseudo_config.data.split), arrays, hw)
+  num_labelled = builder.info.splits["train"].num_examples
+  ratio = float(semi.pseudo_ratio)
+  if ratio < 0:  # The union of the two sets (Sec. 5.2): each example equally likely.
+    ratio = choice["used"] / (choice["used"] + num_labelled)
+  if not 0.0 < ratio < 1.0:
+    raise jobs.JobInputError(f"config.semi.pseudo_ratio={semi.pseudo_ratio}: must lie in (0, 1), or < 0 for "
+                             "the union's proportion")
+  return dict(choice, dataset=ds, ratio=ratio, source=f"{video.info.full_name}/{pseudo_config.data.split}",
+              use_spatial=bool(semi.use_spatial), use_temporal=bool(semi.use_temporal),
+              fraction=float(semi.pseudo_fraction))
+
+
 def train(config, workdir: str) -> dict[str, Any]:
   os.makedirs(workdir, exist_ok=True)
   train_job.write_config(config, workdir, keys=("model", "mano"))
@@ -81,12 +130,23 @@ def train(config, workdir: str) -> dict[str, Any]:
   num_train, steps_per_epoch = train_job.check_training_inputs(config, builder)
   task = pose_task.HandObjectPoseTask(config)
 
+  pseudo = _pseudo_source(config, builder)
+
   def train_batches(start_step: int):
     ds = pipeline.load_split(builder, "train", seed=config.seed)
-    ds = pipeline.train_dataset(ds, batch_size=host_bs, seed=config.seed,
-                                preprocess=pose_data.select(pose_data.TRAIN_FIELDS),
-                                shuffle_buffer=config.data.shuffle_buffer, start_step=start_step,
-                                cache=config.data.cache)
+    if pseudo is None:
+      ds = pipeline.train_dataset(ds, batch_size=host_bs, seed=config.seed,
+                                  preprocess=pose_data.select(pose_data.TRAIN_FIELDS),
+                                  shuffle_buffer=config.data.shuffle_buffer, start_step=start_step,
+                                  cache=config.data.cache)
+    else:
+      labelled = ds.map(pose_data.select(pose_data.TRAIN_FIELDS)).map(_with_object_weight(1.0))
+      mixed = pipeline.mix_datasets([labelled, pseudo["dataset"]], [1.0 - pseudo["ratio"], pseudo["ratio"]],
+                                    seed=config.seed, shuffle_buffer=config.data.shuffle_buffer,
+                                    cache=config.data.cache)
+      ds = pipeline.train_dataset(mixed, batch_size=host_bs, seed=config.seed,
+                                  shuffle_buffer=config.data.shuffle_buffer, start_step=start_step,
+                                  cache=False)
     return pipeline.global_batches(ds, mesh, source=_source(builder, "train"))
 
   def eval_batches():
@@ -96,6 +156,12 @@ def train(config, workdir: str) -> dict[str, Any]:
               f"{config.model.image_size}x{config.model.image_size} crops) on {builder.info.full_name}: "
               f"{num_train} train examples, {steps_per_epoch} steps/epoch, global batch {config.batch_size} "
               f"over {mesh.devices.size} device(s)")
+  if pseudo is not None:
+    console.say(f"  + {pseudo['used']} pseudo-labelled frames of {pseudo['source']} ({pseudo['kept']} kept by the "
+                f"filters{'' if pseudo['use_spatial'] else ', spatial filters off'}"
+                f"{'' if pseudo['use_temporal'] else ', temporal filters off'}; fraction "
+                f"{pseudo['fraction']:g}; {pseudo['left_skipped']} left-hand frames not used), "
+                f"{100 * pseudo['ratio']:.0f}% of each batch in expectation, object loss masked on them (Eq. 8)")
   result = trainer.fit(task, config, workdir, mesh=mesh, train_batches=train_batches,
                        eval_batches=eval_batches, steps_per_epoch=steps_per_epoch,
                        example_batch=next(eval_batches()))

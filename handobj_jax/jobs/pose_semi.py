@@ -219,8 +219,22 @@ def contact_sheet(builder, split: str, labels: dict[str, np.ndarray], selection:
   return viz.grid([tiles[i] for i in chosen if i in tiles], cols=min(8, len(chosen)))
 
 
+def _check_settings(out_dir: str, settings: dict[str, Any]) -> None:
+  """Chunks of an earlier run are reused only with the same teacher, transforms, data and chunking."""
+  path = os.path.join(out_dir, "settings.json")
+  if os.path.isfile(path):
+    with open(path) as f:
+      old = json.load(f)
+    changed = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+    if changed and glob.glob(os.path.join(out_dir, "chunks", "chunk_*.npz")):
+      raise jobs.JobInputError(f"{out_dir} holds pseudo-labels made with other settings ({', '.join(changed)} "
+                               "changed); use another --workdir or delete it")
+  fileio.write_text_atomic(path, json.dumps(settings, indent=1, sort_keys=True))
+
+
 def pseudolabel(config, workdir: str) -> dict[str, Any]:
   os.makedirs(workdir, exist_ok=True)
+  train_job.write_config(config, workdir, keys=())
   out_dir = os.path.join(workdir, OUT_DIR)
   try:
     transforms = tta.parse_transforms(config.tta.transforms)
@@ -236,6 +250,9 @@ def pseudolabel(config, workdir: str) -> dict[str, Any]:
     num_clips = min(num_clips, int(config.max_clips))
   chunk = int(config.chunk_clips)
   num_chunks = math.ceil(num_clips / chunk)
+  _check_settings(out_dir, {"teacher_workdir": os.path.abspath(config.teacher_workdir), "teacher_step": int(step),
+                            "transforms": config.tta.transforms, "data": config.data.to_dict(),
+                            "num_clips": int(num_clips), "chunk_clips": int(config.chunk_clips)})
   todo = [i for i in range(num_chunks) if not os.path.exists(_chunk_path(out_dir, i))]
   mesh = pipeline.make_data_mesh(jax.local_devices())
   devices = mesh.devices.size
