@@ -30,12 +30,13 @@ import ml_collections
 
 from handobj_jax import config_lib
 
-VARIANTS = ("default", "cpu", "smoke")
+VARIANTS = ("default", "cpu", "smoke", "ablation", "cpu_ablation", "smoke_ablation")
 
 
 def filters() -> ml_collections.ConfigDict:
   """The pseudo-label filters' thresholds (`handobj_jax.semi.filters`); the one home of their defaults."""
   f = ml_collections.ConfigDict()
+  f.require_camera = True  # Reject frames whose weak-perspective fit fails (scale <= 0: a mirrored pose).
   f.min_iou = 0.6          # IoU of the re-projected mesh's box and the given box (Sec. 5.1.1).
   f.box_scale = 1.0        # The given boxes' enlargement of the tight mesh box (synthetic video: tight, 1.0).
   f.max_reproj = 0.65      # t_p: normalised 2D distance between J2D and Pi* J3D.
@@ -57,7 +58,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.teacher_workdir = ""
   config.data = ml_collections.ConfigDict()
   config.data.name = "synthetic_ho3d_video"
-  config.data.builder_config = "small" if variant != "smoke" else "tiny"
+  config.data.builder_config = "small"
   config.data.split = "train"
   config.data.data_dir = ""        # '' -> $HANDOBJ_DATA_DIR or ~/tensorflow_datasets
   config.data.manual_dir = ""
@@ -69,8 +70,27 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.filters = filters()
   config.report = ml_collections.ConfigDict()
   config.report.num_figures = 16
-  if variant == "smoke":
+  # The runner of Tables 3-4 and Fig. 9 (job pose_semi_ablation): its training recipe, supervised teachers
+  # to reuse ('w/ CR=DIR;w/o CR=DIR'; trained in the workdir when missing), the fractions of Fig. 9, and
+  # the test sets (NAME=builder config of config.data.name's labelled twin, synthetic_ho3d).
+  config.ablation = ml_collections.ConfigDict()
+  config.ablation.pose_config = "configs/handobj_pose.py"
+  config.ablation.teachers = ""
+  config.ablation.fractions = "0.2,0.4,0.6,0.8"
+  config.ablation.filter_ablations = True
+  config.ablation.eval_data = "source=default;shifted=small_shifted"
+  if variant.endswith("ablation"):
+    config.job = "pose_semi_ablation"
+    config.data.builder_config = "small_shifted"
+  if variant.startswith("cpu"):
+    config.ablation.pose_config = "configs/handobj_pose.py:cpu"
+    config.ablation.eval_data = "source=small;shifted=small_shifted"
+  if variant.startswith("smoke"):
+    config.data.builder_config = "tiny" if variant == "smoke" else "tiny_shifted"
     config.batch_size = 4
     config.chunk_clips = 1
     config.report.num_figures = 4
+    config.ablation.pose_config = "configs/handobj_pose.py:smoke"
+    config.ablation.fractions = "0.5"
+    config.ablation.eval_data = "source=tiny;shifted=tiny_shifted"
   return config

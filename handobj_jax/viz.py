@@ -171,6 +171,47 @@ def upscale_points(points: np.ndarray, scale: int) -> np.ndarray:
   return np.asarray(points, np.float64) * scale + (scale - 1) / 2.0
 
 
+SERIES_COLOURS = ((40, 90, 200), (220, 90, 40), (40, 160, 60), (150, 60, 180))
+
+
+def line_chart(xs: Sequence[float], series: dict[str, Sequence[float]], *, title: str = "", xlabel: str = "",
+               size: tuple[int, int] = (360, 240)) -> np.ndarray:
+  """A small line chart [h, w, 3] uint8 (white background): each series drawn with its points, the y range
+  padded by 10%, min / max tick values on both axes and a legend. Non-finite values are skipped."""
+  w, h = size
+  img = np.full((h, w, 3), 255, np.uint8)
+  left, right, top, bottom = 52, 12, 30, 36
+  xs = np.asarray(xs, np.float64)
+  ys_all = np.concatenate([np.asarray(v, np.float64) for v in series.values()])
+  ys_all = ys_all[np.isfinite(ys_all)]
+  if not len(xs) or not len(ys_all):
+    return label(img, title)
+  y0, y1 = float(ys_all.min()), float(ys_all.max())
+  pad = 0.1 * (y1 - y0) if y1 > y0 else max(abs(y0) * 0.1, 1.0)
+  y0, y1 = y0 - pad, y1 + pad
+  x0, x1 = float(xs.min()), float(xs.max()) if xs.max() > xs.min() else float(xs.min()) + 1.0
+  px = lambda x: left + (x - x0) / (x1 - x0) * (w - left - right)
+  py = lambda y: h - bottom - (y - y0) / (y1 - y0) * (h - top - bottom)
+  black, grey = (0, 0, 0), (120, 120, 120)
+  cv2.rectangle(img, (left, top), (w - right, h - bottom), grey, 1)
+  font = cv2.FONT_HERSHEY_SIMPLEX
+  for y in (y0 + pad, y1 - pad):
+    cv2.putText(img, f"{y:.3g}", (2, int(py(y)) + 4), font, 0.33, black, 1, cv2.LINE_AA)
+  for x in xs:
+    cv2.putText(img, f"{x:g}", (int(px(x)) - 8, h - bottom + 14), font, 0.33, black, 1, cv2.LINE_AA)
+  cv2.putText(img, xlabel, (left, h - 6), font, 0.38, black, 1, cv2.LINE_AA)
+  cv2.putText(img, title, (left, 18), font, 0.45, black, 1, cv2.LINE_AA)
+  for i, (name, ys) in enumerate(series.items()):
+    colour = SERIES_COLOURS[i % len(SERIES_COLOURS)]
+    pts = [(int(round(px(x))), int(round(py(y)))) for x, y in zip(xs, np.asarray(ys, np.float64)) if np.isfinite(y)]
+    for a, b in zip(pts[:-1], pts[1:]):
+      cv2.line(img, a, b, colour, 2, cv2.LINE_AA)
+    for p in pts:
+      cv2.circle(img, p, 3, colour, -1, cv2.LINE_AA)
+    cv2.putText(img, name, (left + 6, top + 14 + 14 * i), font, 0.35, colour, 1, cv2.LINE_AA)
+  return img
+
+
 def grid(tiles: Sequence[np.ndarray], cols: int, pad: int = 2) -> np.ndarray:
   """Tiles [h, w, 3] uint8 (same size) laid out row-major in `cols` columns with `pad` black pixels
   between them; missing tiles of the last row are black."""

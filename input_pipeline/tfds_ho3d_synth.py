@@ -36,6 +36,19 @@ SIDES = ("right", "left")
 _SPLIT_SEED = {"train": 0, "validation": 1, "test": 2}
 
 
+# The shifted domain (the semi-supervised experiments' unlabelled video and its labelled test frames): a
+# darker scene seen from farther away (smaller hands), tighter grasps of larger objects. Overrides of
+# `synthetic_3d.World3DConfig`; the source domain is the default world.
+SHIFTED_WORLD = (("distance_range", (0.55, 0.95)), ("ambient_range", (0.12, 0.3)),
+                 ("flexion_range", (0.4, 1.1)), ("obj_size_range", (0.06, 0.14)))
+DOMAINS = {"source": (), "shifted": SHIFTED_WORLD}
+
+
+def _world(config) -> synthetic_3d.World3DConfig:
+  return synthetic_3d.World3DConfig(height=config.image_size, width=config.image_size,
+                                    num_model_points=config.num_model_points, **dict(DOMAINS[config.domain]))
+
+
 @dataclasses.dataclass
 class SyntheticHo3dConfig(tfds.core.BuilderConfig):
   """Sizes of a `synthetic_ho3d` variant.
@@ -53,11 +66,10 @@ class SyntheticHo3dConfig(tfds.core.BuilderConfig):
   num_test: int = 8
   num_model_points: int = 1000
   seed: int = 0
+  domain: str = "source"
 
   def world_config(self) -> synthetic_3d.World3DConfig:
-    return synthetic_3d.World3DConfig(height=self.image_size,
-                                      width=self.image_size,
-                                      num_model_points=self.num_model_points)
+    return _world(self)
 
 
 @dataclasses.dataclass
@@ -69,11 +81,10 @@ class SyntheticHo3dVideoConfig(tfds.core.BuilderConfig):
   num_validation: int = 1
   num_model_points: int = 1000
   seed: int = 100
+  domain: str = "source"
 
   def world_config(self) -> synthetic_3d.World3DConfig:
-    return synthetic_3d.World3DConfig(height=self.image_size,
-                                      width=self.image_size,
-                                      num_model_points=self.num_model_points)
+    return _world(self)
 
 
 def _seed(config, split: str, index: int) -> int:
@@ -140,6 +151,12 @@ class SyntheticHo3d(pipeline.ReportingBuilder, tfds.core.GeneratorBasedBuilder):
                           description="20000/1000/1000 at 256 px",
                           image_size=256, num_train=20000, num_validation=1000,
                           num_test=1000),
+      SyntheticHo3dConfig(name="small_shifted", description="200/100/200 at 128 px, shifted domain",
+                          image_size=128, num_train=200, num_validation=100, num_test=200, seed=3,
+                          domain="shifted"),
+      SyntheticHo3dConfig(name="tiny_shifted", description="8/4/8 at 128 px, shifted domain (tests)",
+                          image_size=128, num_train=8, num_validation=4, num_test=8, seed=4,
+                          domain="shifted"),
   ]
   DEFAULT_CONFIG_NAME = "tiny"
 
@@ -198,6 +215,12 @@ class SyntheticHo3dVideo(pipeline.ReportingBuilder, tfds.core.GeneratorBasedBuil
                                description="1000+50 clips x 32 @256",
                                image_size=256, num_frames=32, num_train=1000,
                                num_validation=50),
+      SyntheticHo3dVideoConfig(name="small_shifted", description="200+20 clips x 16 @128, shifted domain",
+                               image_size=128, num_frames=16, num_train=200, num_validation=20, seed=103,
+                               domain="shifted"),
+      SyntheticHo3dVideoConfig(name="tiny_shifted", description="2+1 clips x 8 @128, shifted domain (tests)",
+                               image_size=128, num_frames=8, num_train=2, num_validation=1, seed=104,
+                               domain="shifted"),
   ]
   DEFAULT_CONFIG_NAME = "tiny"
 

@@ -82,3 +82,49 @@ def test_pseudolabel_job_stop_and_resume_loses_and_duplicates_nothing(tmp_path):
   assert report["has_ground_truth"] and np.isfinite(report["stages"][0]["pa_mpjpe_mm"])
   assert "| after iou |" in (work / "pseudo_labels" / "report.md").read_text()
   assert os.path.getsize(work / "pseudo_labels" / "contact_sheet.png") > 1000
+
+
+# Thresholds that keep every frame of a barely trained teacher (the runner's plumbing is under test here, not
+# the filters).
+_KEEP_ALL = {"filters.require_camera": False, "filters.min_iou": 0.0, "filters.max_reproj": 3.0,
+             "filters.min_bone": 0.0, "filters.angle_max_deg": 400.0, "filters.angle_tol_deg": 400.0,
+             "filters.max_j2d": 100.0, "filters.max_theta": 100.0, "filters.shape_sigmas": 100.0}
+
+
+@pytest.mark.slow
+def test_ablation_runner_tables_and_resume(tmp_path):
+  """`pose_semi_ablation` at smoke size: Tables 3-4 and Fig. 9 shaped outputs from real runs; a second call
+  finds every run finished and retrains nothing."""
+  data_dir = tmp_path / "data"
+  data_dir.mkdir()
+  teacher = str(tmp_path / "teacher")
+  config = handobj_pose.get_config("smoke")
+  config.data.data_dir = str(data_dir)
+  jobs.get_job("pose_train")(config, teacher)
+  semi = handobj_pose_semi.get_config("smoke_ablation")
+  semi.data.data_dir = str(data_dir)
+  semi.ablation.teachers = f"w/ CR={teacher}"
+  semi.update_from_flattened_dict(_KEEP_ALL)
+  work = tmp_path / "ablation"
+  report = jobs.get_job("pose_semi_ablation")(semi, str(work))
+  runs = report["runs"]
+  assert set(runs) == {"sup-w/ CR", "semi-w/ CR", "w/o spatial", "w/o temporal", "50%", "sup-w/o CR",
+                       "semi-w/o CR"}
+  assert runs["sup-w/ CR"]["pseudo"] == 0 and runs["semi-w/ CR"]["pseudo"] == 16
+  assert runs["50%"]["pseudo"] == 8
+  for label, run in runs.items():
+    assert set(run["results"]) == {"source", "shifted"}, label
+    for res in run["results"].values():
+      assert np.isfinite(res["hand"]["joint_error_procrustes_mm"]), label
+  text = (work / "semi_ablation" / "report.md").read_text()
+  for heading in ("Table 3 shape, test set shifted", "Table 4 shape, test set source",
+                  "Fig. 9 shape, test set shifted"):
+    assert heading in text
+  assert "| semi-w/o CR |" in text and "| proposed | 16 |" in text
+  assert os.path.getsize(work / "semi_ablation" / "fig9_fraction.png") > 1000
+  stamp = os.stat(work / "semi_cr" / "config.json").st_mtime_ns
+  steps = sorted(os.listdir(work / "semi_cr" / "checkpoints"))
+  again = jobs.get_job("pose_semi_ablation")(semi, str(work))
+  assert sorted(os.listdir(work / "semi_cr" / "checkpoints")) == steps
+  assert again["runs"]["semi-w/ CR"]["results"]["shifted"]["hand"] == runs["semi-w/ CR"]["results"]["shifted"]["hand"]
+  del stamp

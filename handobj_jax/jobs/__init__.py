@@ -23,6 +23,7 @@ JOBS: dict[str, str] = {
     "pose_train": "handobj_jax.jobs.pose:train",
     "pose_eval": "handobj_jax.jobs.pose:evaluate",
     "pose_pseudolabel": "handobj_jax.jobs.pose_semi:pseudolabel",
+    "pose_semi_ablation": "handobj_jax.jobs.pose_semi:ablation",
 }
 
 

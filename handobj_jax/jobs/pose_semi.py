@@ -302,3 +302,162 @@ def pseudolabel(config, workdir: str) -> dict[str, Any]:
               f"{out_dir}")
   logging.info("pseudo-label report: %s", json.dumps(report)[:2000])
   return {"report": report, "labels": labels, "selection": selection}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The ablation runner (Tables 3-4, Fig. 9).
+
+ABLATION_DIR = "semi_ablation"
+
+
+def _pose_config(spec: str, **overrides):
+  from handobj_jax.jobs import evaluate as cohesiv_eval_job  # pylint: disable=g-import-not-at-top
+  config = cohesiv_eval_job.load_config_file(spec)
+  config.update_from_flattened_dict(overrides)
+  return config
+
+
+def _parse_pairs(spec: str, what: str) -> dict[str, str]:
+  out = {}
+  for item in filter(None, (p.strip() for p in spec.split(";"))):
+    key, eq, value = item.partition("=")
+    if not eq or not key.strip() or not value.strip():
+      raise jobs.JobInputError(f"{what} entry {item!r}: expected NAME=VALUE")
+    out[key.strip()] = value.strip()
+  return out
+
+
+def _train_run(pose_config, run_dir: str) -> str:
+  """Trains (or resumes, or finds finished) one pose_train run."""
+  from handobj_jax.jobs import pose as pose_job  # pylint: disable=g-import-not-at-top
+  pose_job.train(pose_config, run_dir)
+  return run_dir
+
+
+def ablation(config, workdir: str) -> dict[str, Any]:
+  """Job `pose_semi_ablation`: supervised teachers with and without CR, their pseudo-labels of the unlabelled
+  clips, retraining on labelled + pseudo-labelled data, the filter ablations and the pseudo-label fractions;
+  every model evaluated on each `config.ablation.eval_data` test set; `report.md` / `report.json` shaped like
+  Tables 3-4 and `fig9_fraction.png`. Every step resumes: finished runs are found, not redone."""
+  from handobj_jax.jobs import pose as pose_job  # pylint: disable=g-import-not-at-top
+  a = config.ablation
+  os.makedirs(workdir, exist_ok=True)
+  train_job.write_config(config, workdir, keys=())
+  teachers = _parse_pairs(a.teachers, "config.ablation.teachers")
+  fractions = [float(f) for f in str(a.fractions).split(",") if f.strip()]
+  runs: dict[str, dict[str, Any]] = {}
+  for name, cr in (("w/ CR", "o+"), ("w/o CR", "none")):
+    key = "cr" if cr != "none" else "no_cr"
+    sup_dir = teachers.get(name) or _train_run(_pose_config(a.pose_config, **{"model.cr": cr}),
+                                                os.path.join(workdir, f"sup_{key}"))
+    runs[f"sup-{name}"] = {"dir": os.path.abspath(sup_dir), "pseudo": 0}
+    pseudo_dir = os.path.join(workdir, f"pseudo_{key}")
+    pl_config = config.copy_and_resolve_references()
+    pl_config.job = "pose_pseudolabel"
+    pl_config.teacher_workdir = os.path.abspath(sup_dir)
+    console.say(f"== pseudo-labels by the supervised model {name}")
+    pseudolabel(pl_config, pseudo_dir)
+    variants = [(f"semi-{name}", {})]
+    if cr != "none":
+      if a.filter_ablations:
+        variants += [("w/o spatial", {"semi.use_spatial": False}), ("w/o temporal", {"semi.use_temporal": False})]
+      variants += [(f"{int(round(100 * f))}%", {"semi.pseudo_fraction": f}) for f in fractions]
+    for label, extra in variants:
+      tag = label.replace("/", "").replace(" ", "_").replace("%", "pct").replace("-", "_")
+      run_dir = os.path.join(workdir, f"semi_{key}_{tag}" if not label.startswith("semi-") else f"semi_{key}")
+      console.say(f"== retraining: {label}")
+      run_config = _pose_config(a.pose_config, **{"model.cr": cr, "semi.pseudo_workdir": pseudo_dir, **extra})
+      _train_run(run_config, run_dir)
+      choice = pose_job._pseudo_source(run_config, pose_job._open(run_config))  # pylint: disable=protected-access
+      runs[label] = {"dir": run_dir, "pseudo": int(choice["used"])}
+  # Evaluation of every run on every test set.
+  from handobj_jax.jobs import evaluate as cohesiv_eval_job  # pylint: disable=g-import-not-at-top
+  eval_sets = _parse_pairs(a.eval_data, "config.ablation.eval_data")
+  results: dict[str, dict[str, Any]] = {}
+  for set_name, builder_config in eval_sets.items():
+    for label, run in runs.items():
+      run_config = cohesiv_eval_job.config_for_workdir(run["dir"], None)
+      run_config.data.builder_config = builder_config
+      builder = pose_job._open(run_config)  # pylint: disable=protected-access
+      row = pose_job.evaluate_workdir(run_config, run["dir"], builder, "test", run_config.eval, 0,
+                                      label=f"{label} on {set_name}")
+      results.setdefault(label, {})[set_name] = {k: v for k, v in row.items() if k not in ("figures", "faces")}
+  report = {"runs": {k: dict(v, results=results.get(k, {})) for k, v in runs.items()},
+            "eval_sets": eval_sets, "fractions": fractions}
+  out_dir = os.path.join(workdir, ABLATION_DIR)
+  from handobj_jax.evaluation import pose_eval  # pylint: disable=g-import-not-at-top
+  md = ablation_markdown(report)
+  fileio.write_text_atomic(os.path.join(out_dir, "report.md"), md)
+  fileio.write_text_atomic(os.path.join(out_dir, "report.json"), json.dumps(pose_eval._jsonable(report), indent=1))  # pylint: disable=protected-access
+  chart = fraction_chart(report)
+  if chart is not None:
+    viz.write_png(os.path.join(out_dir, "fig9_fraction.png"), chart)
+  console.say(md.rstrip())
+  console.say(f"wrote report.md, report.json and fig9_fraction.png in {out_dir}")
+  return report
+
+
+def _hand_cells(res: dict[str, Any]) -> list[str]:
+  h = res["hand"]
+  return [f"{h['joint_error_procrustes_mm']:.1f}", f"{h['mesh_error_procrustes_mm']:.1f}",
+          f"{100 * h['fscore_5mm']:.1f}", f"{100 * h['fscore_15mm']:.1f}"]
+
+
+def ablation_markdown(report: dict[str, Any]) -> str:
+  runs, sets = report["runs"], list(report["eval_sets"])
+  groups = sorted({g for r in runs.values() for s in r["results"].values()
+                   for g in s["objects"]["cv"]["add_success"]})
+  lines = ["# Semi-supervised learning on the synthetic domain shift (Tables 3-4, Fig. 9 shape)", "",
+           "Hands: errors after Procrustes alignment (mm), F-scores (%); objects: ADD-0.1D (%) by OpenCV "
+           "solvePnPRansac + EPnP. Test protocol of the pose evaluation (oracle boxes and root). Test sets: " +
+           ", ".join(f"{k} = {v}" for k, v in report["eval_sets"].items()) + "."]
+  for s in sets:
+    lines += ["", f"## Table 3 shape, test set {s}", "",
+              "| model | Joint | Mesh | F@5 | F@15 | " + " | ".join(groups) + " | ave |",
+              "|---|---|---|---|---|" + "---|" * (len(groups) + 1)]
+    for label in ("sup-w/o CR", "semi-w/o CR", "sup-w/ CR", "semi-w/ CR"):
+      if label in runs and s in runs[label]["results"]:
+        res = runs[label]["results"][s]
+        o = res["objects"]["cv"]
+        lines.append(f"| {label} | " + " | ".join(_hand_cells(res)) + " | " +
+                     " | ".join(f"{o['add_success'][g]:.1f}" if g in o["add_success"] else "-" for g in groups) +
+                     f" | {o['add_success_mean']:.1f} |")
+    lines += ["", f"## Table 4 shape, test set {s}", "", "| model | pseudo-labels | Joint | Mesh | F@5 | F@15 |",
+              "|---|---|---|---|---|---|"]
+    for label, shown in (("sup-w/ CR", "sup"), ("w/o spatial", "w/o spatial"), ("w/o temporal", "w/o temporal"),
+                         ("semi-w/ CR", "proposed")):
+      if label in runs and s in runs[label]["results"]:
+        lines.append(f"| {shown} | {runs[label]['pseudo']} | " + " | ".join(_hand_cells(runs[label]["results"][s]))
+                     + " |")
+    rows = _fraction_rows(report, s)
+    if len(rows) > 2:
+      lines += ["", f"## Fig. 9 shape, test set {s}: fraction of the pseudo-labels", "",
+                "| fraction | pseudo-labels | Joint | Mesh | ADD-0.1D ave |", "|---|---|---|---|---|"]
+      for frac, label in rows:
+        res = runs[label]["results"][s]
+        lines.append(f"| {100 * frac:.0f}% | {runs[label]['pseudo']} | {res['hand']['joint_error_procrustes_mm']:.1f} "
+                     f"| {res['hand']['mesh_error_procrustes_mm']:.1f} | {res['objects']['cv']['add_success_mean']:.1f} |")
+  lines += ["", "Runs: " + "; ".join(f"{k}: {v['dir']}" for k, v in runs.items()) + "."]
+  return "\n".join(lines) + "\n"
+
+
+def _fraction_rows(report: dict[str, Any], s: str) -> list[tuple[float, str]]:
+  runs = report["runs"]
+  rows = [(0.0, "sup-w/ CR")] + [(f, f"{int(round(100 * f))}%") for f in report["fractions"]] + [(1.0, "semi-w/ CR")]
+  return [(f, label) for f, label in rows if label in runs and s in runs[label]["results"]]
+
+
+def fraction_chart(report: dict[str, Any]) -> np.ndarray | None:
+  """Fig. 9: Procrustes joint error and ADD-0.1D against the fraction of pseudo-labels, one panel per test set."""
+  panels = []
+  for s in report["eval_sets"]:
+    rows = _fraction_rows(report, s)
+    if len(rows) < 2:
+      continue
+    xs = [100 * f for f, _ in rows]
+    res = [report["runs"][label]["results"][s] for _, label in rows]
+    panels.append(viz.line_chart(xs, {"joint error (mm, PA)": [r["hand"]["joint_error_procrustes_mm"] for r in res]},
+                                 title=f"hand, {s}", xlabel="% of pseudo-labels"))
+    panels.append(viz.line_chart(xs, {"ADD-0.1D (%)": [r["objects"]["cv"]["add_success_mean"] for r in res]},
+                                 title=f"object, {s}", xlabel="% of pseudo-labels"))
+  return viz.grid(panels, cols=2) if panels else None

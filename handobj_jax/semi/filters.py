@@ -16,8 +16,8 @@ Inputs per frame, as the pseudo-label job writes them (`handobj_jax.semi.tta`):
 Spatial filters (Sec. 5.1.1), per frame:
   * Camera: the weak-perspective camera Pi* = (s, t) minimising sum_j ||s X_j[:2] + t - x_j||^2 (Eq. 7) in
     closed form: with centred point sets, s = <X', x'> / <X', X'>, t = mean(x) - s mean(X[:2]). This is the
-    exact minimiser that SMPLify's optimiser approaches; a negative or vanishing s (no valid fit) is
-    flagged and rejected.
+    exact minimiser that SMPLify's optimiser approaches; a negative or vanishing s (no valid fit: the 2D
+    pose is the mirror image of the 3D one) is flagged and rejected (`require_camera`).
   * IoU: the box of the re-projected mesh, s V[:2] + t, scaled by `box_scale` (the same enlargement the
     given boxes carry; 1.0 for the synthetic video's tight hand boxes, where the ground truth's IoU is
     0.81 at the 5th percentile and 0.95 at the median: the weak-perspective approximation) against the given box; kept when
@@ -195,7 +195,7 @@ def spatial_masks(pred: Mapping[str, Array], cfg: Any, side: str = "right") -> d
   angles = flexion_angles(j3d, side)
   lo = float(cfg.angle_min_deg) - float(cfg.angle_tol_deg)
   return dict(
-      finite=finite, camera=cam_ok, iou=iou >= float(cfg.min_iou),
+      finite=finite, camera=cam_ok | (not cfg.get("require_camera", True)), iou=iou >= float(cfg.min_iou),
       reprojection=reproj <= float(cfg.max_reproj), bone_length=jnp.min(bones, axis=-1) >= float(cfg.min_bone),
       joint_angle=jnp.all(angles <= float(cfg.angle_max_deg), axis=-1) & jnp.all(
           angles[..., _LOWER_BOUNDED] >= lo, axis=-1),
