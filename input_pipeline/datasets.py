@@ -34,7 +34,13 @@ def _synthetic_ho3d_video(data_dir: str, data: ml_collections.ConfigDict) -> tfd
   return tfds_ho3d_synth.build(data_dir, data.builder_config, video=True)
 
 
+def _something_else(data_dir: str, data: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
+  from input_pipeline import tfds_something_else  # pylint: disable=g-import-not-at-top
+  return tfds_something_else.build(data_dir, data.manual_dir, data.builder_config)
+
+
 _BUILDERS = {
+    "something_else": _something_else,
     "synthetic_handobj": _synthetic_handobj,
     "synthetic_ho3d": _synthetic_ho3d,
     "synthetic_ho3d_video": _synthetic_ho3d_video,

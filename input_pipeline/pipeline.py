@@ -285,7 +285,7 @@ class ReportingBuilder:
 
 
 def prepare(make_builder: Callable[[], tfds.core.DatasetBuilder], directory: str,
-            rebuild: str) -> tfds.core.DatasetBuilder:
+            rebuild: str, download_config: Any = None) -> tfds.core.DatasetBuilder:
   """Constructs a generator-based builder whose prepared data lives in `directory`, builds it if needed, and
   checks its files (see `check_files`).
 
@@ -298,6 +298,9 @@ def prepare(make_builder: Callable[[], tfds.core.DatasetBuilder], directory: str
     first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     raise DataError(f"{os.path.join(directory, 'dataset_info.json')} is unreadable ({type(e).__name__}: "
                     f"{first}); {rebuild}") from None
-  builder.download_and_prepare()
+  if download_config is None:
+    builder.download_and_prepare()
+  else:  # E.g. the manual_dir of a dataset read from a user's download.
+    builder.download_and_prepare(download_config=download_config)
   check_files(builder, rebuild)
   return builder
