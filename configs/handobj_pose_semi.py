@@ -1,21 +1,36 @@
 r"""Semi-Hand-Object's semi-supervised stage (Liu et al., CVPR 2021, Sec. 5): hand pseudo-labels from unlabelled
 video by a test-time-augmentation ensemble of a trained pose model, selected by spatial and temporal
-consistency.
+consistency; and the runner of its ablations (Tables 3-4, Fig. 9).
 
-  python -m handobj_jax.main --config=configs/handobj_pose_semi.py[:variant] \
+  python -m handobj_jax.main --config=configs/handobj_pose_semi.py \
       --config.teacher_workdir=SUPERVISED_WORKDIR --workdir=DIR
+  python -m handobj_jax.main --config=configs/handobj_pose.py:cpu --config.semi.pseudo_workdir=DIR \
+      --workdir=RETRAINED_WORKDIR
+  python -m handobj_jax.main --config=configs/handobj_pose_semi.py:cpu_ablation \
+      [--config.ablation.teachers='w/ CR=DIR;w/o CR=DIR'] --workdir=ABLATION_DIR
 
 `teacher_workdir` is a `pose_train` workdir (configs/handobj_pose.py); its config.json and best checkpoint
-give the model. Data: unlabelled clips with per-frame hand and object boxes, by default the embedded
-synthetic video world (`synthetic_ho3d_video`, whose hidden ground truth is used only to score the
-pseudo-labels). The job writes `<workdir>/pseudo_labels/` (per-frame predictions, the filters' masks and
-values), `report.md` / `report.json` (frames removed by each filter in order; pseudo-label errors against the
-hidden truth before and after each filter) and a contact sheet PNG of accepted and rejected frames.
+give the model. Data: unlabelled clips with per-frame hand and object boxes; by default the embedded
+synthetic video world in its shifted domain (`synthetic_ho3d_video/small_shifted`: 200 clips x 16 frames at
+128 px; darker, farther, tighter grasps of larger objects than the labelled `synthetic_ho3d/small`), whose
+hidden ground truth is used only to score the pseudo-labels. Real video: `--config.data.name=something_else
+--config.data.manual_dir=DIR` (Something-Something v2 with Something-Else boxes,
+`input_pipeline/tfds_something_else.py`). The job writes `<workdir>/pseudo_labels/`: `pseudo_labels.npz`
+(per-frame predictions, each filter's mask, `keep`), `report.md` / `report.json` (frames removed by each
+filter in order; pseudo-label errors against the hidden truth before and after each filter) and
+`contact_sheet.png`.
 
 Variants:
-  default  Pseudo-labels on `synthetic_ho3d_video/small` (200 train clips x 16 frames at 128 px).
-  cpu      The same data; sized for a :cpu teacher (configs/handobj_pose.py:cpu).
-  smoke    Tests: the tiny video build (2 clips x 8 frames).
+  default        Pseudo-labels of `synthetic_ho3d_video/small_shifted` (train split; 128 px frames, the size of
+                 the :cpu recipe's labelled data; `default_shifted`: 1000 clips x 32 frames at 256 px).
+  smoke          Tests: the tiny video build (2 clips x 8 frames), one clip per chunk.
+  ablation       Job pose_semi_ablation with the paper-sized recipe (configs/handobj_pose.py): teachers with and
+                 without CR (trained in the workdir unless given by `ablation.teachers`), their pseudo-labels,
+                 retraining (semi w/ and w/o CR), the filter ablations (w/o spatial, w/o temporal) and the
+                 pseudo-label fractions; every model evaluated on the source and the shifted test sets
+                 (256 px: `synthetic_ho3d_video/default_shifted`, `synthetic_ho3d/default_shifted`).
+  cpu_ablation   The same with configs/handobj_pose.py:cpu (about 9 minutes per training run on 2 cores).
+  smoke_ablation Tests.
 
 Thresholds (`config.filters`, module `handobj_jax.semi.filters` defines each quantity): the paper's values
 where its quantity is defined (IoU 0.6, t_p 0.65, minimum bone 0.1, angles (0, 90) degrees, 2 sigma for the
@@ -30,7 +45,7 @@ import ml_collections
 
 from handobj_jax import config_lib
 
-VARIANTS = ("default", "cpu", "smoke", "ablation", "cpu_ablation", "smoke_ablation")
+VARIANTS = ("default", "smoke", "ablation", "cpu_ablation", "smoke_ablation")
 
 
 def filters() -> ml_collections.ConfigDict:
@@ -58,7 +73,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.teacher_workdir = ""
   config.data = ml_collections.ConfigDict()
   config.data.name = "synthetic_ho3d_video"
-  config.data.builder_config = "small"
+  config.data.builder_config = "small_shifted"
   config.data.split = "train"
   config.data.data_dir = ""        # '' -> $HANDOBJ_DATA_DIR or ~/tensorflow_datasets
   config.data.manual_dir = ""
@@ -78,10 +93,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.ablation.teachers = ""
   config.ablation.fractions = "0.2,0.4,0.6,0.8"
   config.ablation.filter_ablations = True
-  config.ablation.eval_data = "source=default;shifted=small_shifted"
+  config.ablation.eval_data = "source=default;shifted=default_shifted"
   if variant.endswith("ablation"):
     config.job = "pose_semi_ablation"
-    config.data.builder_config = "small_shifted"
+  if variant == "ablation":  # The paper-sized recipe's labelled data are 256 px: so are its videos.
+    config.data.builder_config = "default_shifted"
   if variant.startswith("cpu"):
     config.ablation.pose_config = "configs/handobj_pose.py:cpu"
     config.ablation.eval_data = "source=small;shifted=small_shifted"
