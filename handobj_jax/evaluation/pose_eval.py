@@ -19,17 +19,17 @@ import numpy as np
 PROTOCOL = ("Test protocol (the released supervised code's): the hand box, the object box (projected "
             "control points) and the hand's root joint are taken from the ground truth (oracle boxes and "
             "root); joints and vertices are the predicted root-relative ones plus the true root. Hand errors "
-            "are in mm; AUC over 0-50 mm; F-scores at 5 / 15 mm on Procrustes-aligned vertices. ADD-0.1D: "
-            "% of frames whose mean model-point distance is below 10% of the object's model-point box "
-            "diagonal; REP-5: % of frames whose mean reprojection error is below 5 px. Objects are grouped by "
-            "shape. Metrics computed in the OpenCV camera frame; every one of them is invariant to the "
+            "are in mm; AUC over 0-50 mm; F-scores at 5 / 15 mm on Procrustes-aligned vertices; 2D px: the "
+            "mean distance of the network's 2D joints to the true ones, in image pixels. ADD-0.1D: % of frames "
+            "whose mean model-point distance is below 10% of the object's model-point box diagonal; REP-5: % "
+            "of frames whose mean reprojection error is below 5 px. Objects are grouped by shape. Metrics computed in the OpenCV camera frame; every one of them is invariant to the "
             "OpenGL flip that HO-3D submissions use.")
 
 HAND_COLUMNS = (("Joint", "joint_error_procrustes_mm", "{:.1f}"), ("Mesh", "mesh_error_procrustes_mm", "{:.1f}"),
                 ("F@5", "fscore_5mm", "pct"), ("F@15", "fscore_15mm", "pct"),
                 ("Joint AUC", "joint_auc_procrustes", "pct"), ("Mesh AUC", "mesh_auc_procrustes", "pct"),
                 ("Joint (unaligned)", "joint_error_unaligned_mm", "{:.1f}"),
-                ("Joint (sc-tr)", "joint_error_sc_tr_mm", "{:.1f}"))
+                ("Joint (sc-tr)", "joint_error_sc_tr_mm", "{:.1f}"), ("2D px", "joints2d_error_px", "{:.1f}"))
 
 
 def _fmt(value: float, how: str) -> str:
@@ -70,7 +70,7 @@ def markdown(report: dict[str, Any]) -> str:
            "|---|---|" + "---|" * len(HAND_COLUMNS)]
   for r in rows:
     lines.append(f"| {r['label']} | {r['cr']} | " +
-                 " | ".join(_fmt(r["hand"][key], how) for _, key, how in HAND_COLUMNS) + " |")
+                 " | ".join(_fmt(r["hand"].get(key), how) for _, key, how in HAND_COLUMNS) + " |")
   for solver, title in (("cv", "OpenCV solvePnPRansac + EPnP (the protocol)"),
                         ("dev", "the batched device solver (geometry.pnp.solve_pnp)")):
     lines += ["", f"## Objects, ADD-0.1D % (Table 2 shape): PnP by {title}", "",

@@ -41,6 +41,7 @@ from handobj_jax import jobs
 from handobj_jax import preemption
 from handobj_jax.evaluation import ho3d
 from handobj_jax.evaluation import pose_eval
+from handobj_jax.geometry import crop as crop_lib
 from handobj_jax.geometry import pnp
 from handobj_jax.jobs import train as train_job
 from handobj_jax.tasks import pose_task
@@ -238,6 +239,8 @@ def evaluate_workdir(config, workdir: str, builder, split: str, settings, num_fi
           "t_dev": host["trans_d"][i], "ok_dev": host["ok_d"][i], "points": b["obj_points3d"][i],
           "K": b["K"][i], "group": names[int(b["obj_type"][i])],
           "num_votes": int(host["vote_valid"][i].sum()),
+          "j2d_err_px": float(np.mean(np.linalg.norm(np.asarray(crop_lib.apply_affine(
+              crop_lib.invert_affine(o["affine"][i]), o["joints2d_pred"][i])) - b["joints2d"][i], axis=-1))),
       }
       for key, value in rows.items():
         acc.setdefault(key, []).append(value)
@@ -252,6 +255,7 @@ def evaluate_workdir(config, workdir: str, builder, split: str, settings, num_fi
     raise jobs.JobInputError(f"split {split!r} of {builder.info.full_name} has no examples")
   stack = {k: (np.stack(v) if k != "group" else v) for k, v in acc.items()}
   hand = ho3d.ho3d_hand_report(stack["pred_joints"], stack["pred_verts"], stack["gt_joints"], stack["gt_verts"])
+  hand["joints2d_error_px"] = float(np.mean(stack["j2d_err_px"]))
   objects = {}
   for solver in ("cv", "dev"):
     objects[solver] = ho3d.object_pose_report(stack["rot_gt"], stack["t_gt"], stack[f"rot_{solver}"],
