@@ -102,8 +102,14 @@ def test_every_bad_config_value_is_named(key, value):
 
 
 def test_default_configs_are_valid():
-  for variant in cohesiv_configs.VARIANTS:
-    config_lib.validate(cohesiv_configs.get_config(variant))
+  from configs import handobj_pose, handobj_pose_semi  # pylint: disable=g-import-not-at-top
+  for module in (cohesiv_configs, handobj_pose, handobj_pose_semi):
+    for variant in module.VARIANTS:
+      config_lib.validate(module.get_config(variant))
+  semi = handobj_pose_semi.get_config("smoke")
+  semi.filters.min_iou = 1.5
+  with pytest.raises(config_lib.ConfigError, match=r"config.filters.min_iou=1.5: expected"):
+    config_lib.validate(semi)
 
 
 @pytest.mark.parametrize("override,needle", [("--config.batch_size=0", "config.batch_size=0"),
