@@ -194,7 +194,7 @@ def markdown(report: dict[str, Any]) -> str:
 
 def contact_sheet(builder, split: str, labels: dict[str, np.ndarray], selection: dict[str, Any],
                   num: int, scale: int = 2) -> np.ndarray | None:
-  """Accepted frames and rejected ones (captioned with the first filter that rejects them)."""
+  """Accepted frames and rejected ones (captioned with the first filter that rejects them), one per clip."""
   if num <= 0:
     return None
   keep = selection["keep"]
@@ -202,7 +202,19 @@ def contact_sheet(builder, split: str, labels: dict[str, np.ndarray], selection:
   for name, _ in reversed(selection["removed"]):
     first_reject[~selection["masks"][name]] = name
   half = max(num // 2, 1)
-  chosen = list(np.flatnonzero(keep)[:half]) + list(np.flatnonzero(~keep)[:num - half])
+
+  def spread(candidates: np.ndarray, count: int) -> list[int]:
+    """The first frames of `candidates`, at most one per clip."""
+    picked, clips = [], set()
+    for i in candidates:
+      if int(labels["clip_index"][i]) not in clips:
+        picked.append(int(i))
+        clips.add(int(labels["clip_index"][i]))
+      if len(picked) == count:
+        break
+    return picked
+
+  chosen = spread(np.flatnonzero(keep), half) + spread(np.flatnonzero(~keep), num - half)
   if not chosen:
     return None
   wanted = {}
