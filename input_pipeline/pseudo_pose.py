@@ -28,6 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from handobj_jax.semi import filters as filters_lib
+from input_pipeline import pose_data
 
 FOCAL_PER_PIXEL = 20.0
 
@@ -111,21 +112,39 @@ def load_labels(pseudo_workdir: str) -> dict[str, np.ndarray]:
 def dataset(video_ds: tf.data.Dataset, arrays: dict[str, np.ndarray], image_hw: tuple[int, int]
             ) -> tf.data.Dataset:
   """One pass over the chosen frames in clip order: the video split's clips (`frames` [T, H, W, 3]) joined
-  with `arrays` (`example_arrays`), as pose examples with `object_weight` 0."""
+  with `arrays` (`example_arrays`), as pose examples with `object_weight` 0 (plus every other key of
+  `arrays`, e.g. clip_index and frame_index; `training_examples` keeps the pose fields)."""
   clip_ids = arrays["clip_index"]
   num_clips = int(clip_ids.max()) + 1 if len(clip_ids) else 0
   order = np.argsort(clip_ids, kind="stable")
   arrays = {k: v[order] for k, v in arrays.items()}
   splits = np.searchsorted(arrays["clip_index"], np.arange(num_clips + 1)).astype(np.int64)
-  table = {k: tf.constant(v) for k, v in arrays.items() if k not in ("clip_index",)}
+  table = {k: tf.constant(v) for k, v in arrays.items()}
   splits_t = tf.constant(splits)
   h, w = image_hw
 
   def per_clip(clip_index, example):
     lo, hi = splits_t[clip_index], splits_t[clip_index + 1]
     rows = {k: v[lo:hi] for k, v in table.items()}
-    rows["image"] = tf.gather(example["frames"], rows.pop("frame_index"))
+    rows["image"] = tf.gather(example["frames"], rows["frame_index"])
     rows["obj_mask"] = tf.zeros(tf.stack([hi - lo, h, w]), tf.bool)
     return tf.data.Dataset.from_tensor_slices(rows)
 
   return video_ds.take(num_clips).enumerate().flat_map(per_clip)
+
+
+def training_examples(ds: tf.data.Dataset, rows: np.ndarray, num_rows: int,
+                      image_hw: tuple[int, int]) -> tf.data.Dataset:
+  """The pose training examples of a pseudo-label dataset (`tfds_pseudo_pose`) whose `row` is in `rows`: the
+  fields of `pose_data.TRAIN_FIELDS`, `object_weight` (0) and an empty object mask."""
+  chosen = np.zeros(num_rows, bool)
+  chosen[np.asarray(rows, np.int64)] = True
+  chosen_t = tf.constant(chosen)
+  h, w = image_hw
+
+  def to_example(ex):
+    out = {k: ex[k] for k in pose_data.TRAIN_FIELDS + ("object_weight",) if k != "obj_mask"}
+    out["obj_mask"] = tf.zeros((h, w), tf.bool)
+    return out
+
+  return ds.filter(lambda ex: tf.gather(chosen_t, ex["row"])).map(to_example)

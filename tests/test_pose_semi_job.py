@@ -88,6 +88,8 @@ def test_pseudolabel_job_stop_and_resume_loses_and_duplicates_nothing(tmp_path):
   assert report["has_ground_truth"] and np.isfinite(report["stages"][0]["pa_mpjpe_mm"])
   assert "| after iou |" in (work / "pseudo_labels" / "report.md").read_text()
   assert os.path.getsize(work / "pseudo_labels" / "contact_sheet.png") > 1000
+  from input_pipeline import tfds_pseudo_pose  # pylint: disable=g-import-not-at-top
+  assert tfds_pseudo_pose.open_dataset(str(work / "pseudo_labels")).info.splits["train"].num_examples == n
 
 
 # Thresholds that keep every frame of a barely trained teacher (the runner's plumbing is under test here, not

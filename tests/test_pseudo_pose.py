@@ -100,3 +100,34 @@ def test_frame_choice_by_filters_fraction_and_hand_side():
   assert 3 in no_temporal["indices"]
   with pytest.raises(ValueError, match="pseudo_fraction"):
     pseudo_pose.choose_frames(labels, c, fraction=0.0)
+
+
+def test_tfds_pseudo_label_dataset_round_trip(tmp_path):
+  """The job's TFDS output holds every frame with its masks; training reads back exactly the chosen rows."""
+  from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
+  from input_pipeline import pose_data  # pylint: disable=g-import-not-at-top
+  from input_pipeline import tfds_pseudo_pose  # pylint: disable=g-import-not-at-top
+  labels, frames = _labels(2)
+  sel = filters.select(labels, labels["clip_index"], labels["frame_index"], handobj_pose_semi.filters())
+  labels = dict(labels, keep=sel["keep"], **{f"mask_{k}": v for k, v in sel["masks"].items()})
+  labels["keep"][[2, 9]] = False
+  video = tf.data.Dataset.from_tensor_slices({"frames": frames})
+  with pytest.raises(pipeline.DataError, match="holds no pseudo-label dataset"):
+    tfds_pseudo_pose.open_dataset(str(tmp_path))
+  tfds_pseudo_pose.build(str(tmp_path), video, labels, (H, W), sel["removed"])
+  builder = tfds_pseudo_pose.open_dataset(str(tmp_path))
+  rows = list(pipeline.load_split(builder, "train").as_numpy_iterator())
+  assert sorted(int(r["row"]) for r in rows) == list(range(2 * T))
+  for r in rows:
+    i = int(r["row"])
+    np.testing.assert_array_equal(r["image"], frames[labels["clip_index"][i], labels["frame_index"][i]])
+    assert bool(r["keep"]) == labels["keep"][i] and r["object_weight"] == 0.0
+  assert "Removed by each filter" in builder.info.description
+  chosen = pseudo_pose.choose_frames(labels, handobj_pose_semi.filters())["indices"]
+  train = list(pseudo_pose.training_examples(pipeline.load_split(builder, "train"), chosen, 2 * T,
+                                             (H, W)).as_numpy_iterator())
+  assert len(train) == len(chosen) == 2 * T - 2
+  assert set(train[0]) == set(pose_data.TRAIN_FIELDS) | {"object_weight"}
+  # Rebuilding replaces the earlier dataset.
+  tfds_pseudo_pose.build(str(tmp_path), video, labels, (H, W), sel["removed"])
+  assert len(list(pipeline.load_split(tfds_pseudo_pose.open_dataset(str(tmp_path)), "train"))) == 2 * T

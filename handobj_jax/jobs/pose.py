@@ -108,8 +108,11 @@ def _pseudo_source(config, builder) -> dict[str, Any] | None:
     raise jobs.JobInputError(str(e)) from None
   if not choice["used"]:
     raise jobs.JobInputError(f"{pseudo_dir}: no pseudo-labelled frame passes the filters; nothing to add")
-  arrays = pseudo_pose.example_arrays(labels, choice["indices"], hw)
-  ds = pseudo_pose.dataset(pipeline.load_split(video, pseudo_config.data.split), arrays, hw)
+  from input_pipeline import tfds_pseudo_pose  # pylint: disable=g-import-not-at-top
+  from handobj_jax.jobs import pose_semi  # pylint: disable=g-import-not-at-top
+  pseudo_builder = tfds_pseudo_pose.open_dataset(os.path.join(pseudo_dir, pose_semi.OUT_DIR))
+  ds = pseudo_pose.training_examples(pipeline.load_split(pseudo_builder, "train"), choice["indices"],
+                                     len(labels["clip_index"]), hw)
   num_labelled = builder.info.splits["train"].num_examples
   ratio = float(semi.pseudo_ratio)
   if ratio < 0:  # The union of the two sets (Sec. 5.2): each example equally likely.

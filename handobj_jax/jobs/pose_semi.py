@@ -298,7 +298,12 @@ def pseudolabel(config, workdir: str) -> dict[str, Any]:
   labels = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
   selection = filters_lib.select(labels, labels["clip_index"], labels["frame_index"], config.filters)
   masks = {f"mask_{k}": v for k, v in selection["masks"].items()}
-  fileio.save_npz_atomic(os.path.join(out_dir, LABELS_FILE), dict(labels, keep=selection["keep"], **masks))
+  labels = dict(labels, keep=selection["keep"], **masks)
+  fileio.save_npz_atomic(os.path.join(out_dir, LABELS_FILE), labels)
+  from input_pipeline import tfds_pseudo_pose  # pylint: disable=g-import-not-at-top
+  frames_hw = tuple(builder.info.features["frames"].shape[1:3])
+  tfds_pseudo_pose.build(out_dir, pipeline.load_split(builder, split).take(num_clips), labels, frames_hw,
+                         selection["removed"])
   settings = {"dataset": builder.info.full_name, "split": split, "teacher_workdir": config.teacher_workdir,
               "teacher_step": int(step), "teacher_cr": teacher_config.model.cr,
               "transforms": ",".join(t.name for t in transforms), "filters": config.filters.to_dict()}
@@ -310,8 +315,8 @@ def pseudolabel(config, workdir: str) -> dict[str, Any]:
   if sheet is not None:
     viz.write_png(os.path.join(out_dir, "contact_sheet.png"), sheet)
   console.say(md.rstrip())
-  console.say(f"wrote {os.path.join(out_dir, LABELS_FILE)}, report.md, report.json and contact_sheet.png in "
-              f"{out_dir}")
+  console.say(f"wrote {os.path.join(out_dir, LABELS_FILE)}, the TFDS dataset tfds/, report.md, report.json and "
+              f"contact_sheet.png in {out_dir}")
   logging.info("pseudo-label report: %s", json.dumps(report)[:2000])
   return {"report": report, "labels": labels, "selection": selection}
 
