@@ -17,6 +17,7 @@ not distort them) and ETA = remaining / rate.
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import io
 import logging as py_logging
 import math
@@ -272,9 +273,12 @@ def setup_logging(workdir: str, echo: bool = False, verbosity: int = 0) -> str:
 def native_stderr_to_log() -> Iterator[None]:
   """Within the block, the process's stderr (file descriptor 2) goes to the log file.
 
-  TensorFlow's native libraries print absl C++ INFO lines when they load, which TF_CPP_MIN_LOG_LEVEL does
-  not silence; importing the job (and with it TensorFlow and XLA) inside this block sends them to `log.txt`
-  instead of the user's terminal. Without a log file (tests, library use) it does nothing.
+  Native libraries write to file descriptor 2 directly, at import and later: TensorFlow's absl C++ INFO
+  lines when it loads (which TF_CPP_MIN_LOG_LEVEL does not silence), and ERROR-level notices that depend on
+  the CPU (e.g. oneDNN's "supports DT_HALF only on platforms with AVX-512" the first time a float16 tensor
+  is read on an AVX-512 CPU without FP16). Inside this block those go to `log.txt`, while Python's
+  `sys.stderr` (warnings, errors, the stop line) is re-pointed to the terminal, and `faulthandler` reports
+  a native crash there too. Without a log file (tests, library use) it does nothing.
   """
   if _log_stream is None:
     yield
@@ -282,12 +286,24 @@ def native_stderr_to_log() -> Iterator[None]:
   sys.stderr.flush()
   _log_stream.flush()
   saved = os.dup(2)
+  old_stderr = sys.stderr
+  terminal = open(saved, "w", buffering=1, encoding=getattr(old_stderr, "encoding", None) or "utf-8",
+                  errors="backslashreplace", closefd=False)
+  sys.stderr = terminal
+  faulthandler_was_on = faulthandler.is_enabled()
+  faulthandler.enable(file=terminal)
   try:
     os.dup2(_log_stream.fileno(), 2)
     yield
   finally:
-    sys.stderr.flush()
+    terminal.flush()
     os.dup2(saved, 2)
+    sys.stderr = old_stderr
+    if faulthandler_was_on:
+      faulthandler.enable(file=old_stderr)
+    else:
+      faulthandler.disable()
+    terminal.close()
     os.close(saved)
 
 

@@ -20,13 +20,17 @@ import signal
 import sys
 
 
+_TERMINAL_FD = 2  # Replaced by a copy of the terminal's stderr at start: fd 2 later goes to log.txt.
+
+
 def _early_interrupt(signum, frame):  # pylint: disable=unused-argument
   # Ctrl-C while the libraries load: nothing has been written yet; leave quietly.
-  sys.stderr.write("\ninterrupted\n")
+  os.write(_TERMINAL_FD, b"\ninterrupted\n")
   os._exit(128 + signum)  # pylint: disable=protected-access
 
 
 if __name__ == "__main__":
+  _TERMINAL_FD = os.dup(2)
   signal.signal(signal.SIGINT, _early_interrupt)
   if not any(a.startswith(("--verbosity", "-v")) for a in sys.argv[1:]):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF/XLA C++ logs below ERROR stay off the terminal.
@@ -162,32 +166,33 @@ def main(argv: list[str]) -> None:
     _fail(str(e))
   verbosity = flags.FLAGS["verbosity"]
   log_path = console.setup_logging(workdir, echo=verbosity.present, verbosity=verbosity.value)
+  # Native libraries' own stderr lines (at import and later) go to log.txt for the whole job.
   with contextlib.nullcontext() if verbosity.present else console.native_stderr_to_log():
     job_fn = jobs.get_job(job_name)  # Imports TensorFlow and the job's libraries.
-  logging.info("process %d / %d; local devices: %s; global device count: %d",
-               jax.process_index(), jax.process_count(), jax.local_devices(), jax.device_count())
-  logging.info("job %r, workdir %s", config.job, workdir)
-  logging.info("config:\n%s", config)
-  console.say(f"{config.job}: workdir {workdir} (library logs: {log_path})")
-  with preemption.stop_on_signals():
-    try:
-      job_fn(config, workdir)
-    except errors.InputError as e:
-      logging.exception("bad input")
-      _fail(str(e))
-    except errors.RunFailed as e:
-      logging.exception("job failed")
-      sys.stderr.write(f"error: {e}\n")
-      sys.exit(1)
-    except preemption.StopRequested as e:
-      logging.warning("%s", e)
-      sys.stderr.write(f"{e}\n")
-      sys.exit(e.exit_code)
-    except KeyboardInterrupt:
-      logging.warning("aborted by a second Ctrl-C")
-      sys.stderr.write("\naborted (Ctrl-C twice); checkpoints and finished shards already written are "
-                       "intact: rerun the same command to resume\n")
-      sys.exit(130)
+    logging.info("process %d / %d; local devices: %s; global device count: %d",
+                 jax.process_index(), jax.process_count(), jax.local_devices(), jax.device_count())
+    logging.info("job %r, workdir %s", config.job, workdir)
+    logging.info("config:\n%s", config)
+    console.say(f"{config.job}: workdir {workdir} (library logs: {log_path})")
+    with preemption.stop_on_signals():
+      try:
+        job_fn(config, workdir)
+      except errors.InputError as e:
+        logging.exception("bad input")
+        _fail(str(e))
+      except errors.RunFailed as e:
+        logging.exception("job failed")
+        sys.stderr.write(f"error: {e}\n")
+        sys.exit(1)
+      except preemption.StopRequested as e:
+        logging.warning("%s", e)
+        sys.stderr.write(f"{e}\n")
+        sys.exit(e.exit_code)
+      except KeyboardInterrupt:
+        logging.warning("aborted by a second Ctrl-C")
+        sys.stderr.write("\naborted (Ctrl-C twice); checkpoints and finished shards already written are "
+                         "intact: rerun the same command to resume\n")
+        sys.exit(130)
 
 
 def run() -> None:

@@ -291,13 +291,46 @@ def test_stop_signal_saves_exits_nonzero_and_resumes(smoke_data_dir, tmp_path, s
     assert f"at step {step}" in out and "resumed from" in out
 
 
-def test_ctrl_c_during_startup_is_quiet(tmp_path):
-  proc = _start(["--config=configs/cohesiv.py:smoke", f"--workdir={tmp_path / 'work'}"], None)
-  time.sleep(1.0)  # The libraries are still loading.
+@pytest.mark.parametrize("when", ["flags", "imports"])
+def test_ctrl_c_during_startup_is_quiet(tmp_path, when):
+  workdir = tmp_path / "work"
+  proc = _start(["--config=configs/cohesiv.py:smoke", f"--workdir={workdir}"], None)
+  if when == "flags":
+    time.sleep(1.0)  # absl and the config are still loading.
+  else:
+    # log.txt exists: the job's libraries are being imported, with file descriptor 2 sent to the log.
+    deadline = time.time() + 60
+    while not (workdir / "log.txt").exists() and time.time() < deadline and proc.poll() is None:
+      time.sleep(0.02)
+    assert (workdir / "log.txt").exists()
   proc.send_signal(signal.SIGINT)
   _, err = proc.communicate(timeout=120)
   assert proc.returncode == 130, err[-3000:]
   assert "Traceback" not in err and "interrupted" in err
+
+
+def test_native_stderr_goes_to_the_log_and_python_stderr_to_the_terminal(tmp_path):
+  """What native libraries write to file descriptor 2 (e.g. a CPU-dependent oneDNN notice) stays off the
+  terminal during a job, while the job's own warnings still reach it."""
+  code = (
+      "import os, sys\n"
+      "from handobj_jax import console\n"
+      "from absl import logging\n"
+      "from absl import flags\n"
+      "flags.FLAGS(['prog'])\n"
+      "logging.use_absl_handler()  # As app.run does.\n"
+      "console.buffer_early_logs()\n"
+      f"console.setup_logging({str(tmp_path)!r})\n"
+      "with console.native_stderr_to_log():\n"
+      "  os.write(2, b'E0000 native notice\\n')\n"
+      "  console.warn('python warning')\n"
+      "os.write(2, b'after the block\\n')\n")
+  proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                        env=_env(None))
+  assert proc.returncode == 0, proc.stderr
+  assert proc.stderr.splitlines() == ["warning: python warning", "after the block"], proc.stderr
+  log = (tmp_path / "log.txt").read_text()
+  assert "E0000 native notice" in log and "python warning" in log
 
 
 # ---- Scripts and the predict CLI ------------------------------------------------------------------
