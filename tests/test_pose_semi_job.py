@@ -1,8 +1,13 @@
 """The `pose_pseudolabel` job (Semi-Hand-Object Sec. 5.1): TTA pseudo-labels of unlabelled clips from a trained
-teacher, filters, report; a stop after the first chunk and a restart give exactly the uninterrupted result."""
+teacher, filters, report; a stop after the first chunk, or a SIGKILL in the second, and a restart give exactly the
+uninterrupted result."""
 import glob
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import ml_collections
 import numpy as np
@@ -14,6 +19,27 @@ from handobj_jax import jobs
 from handobj_jax import preemption
 from handobj_jax.jobs import pose_semi
 from handobj_jax.semi import filters
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# A child that runs the pseudo-label job and hangs in its second chunk (after the first is on disk), so the
+# test can SIGKILL it at a known point.
+_STALLING_JOB = """
+import sys, time
+from configs import handobj_pose_semi
+from handobj_jax.jobs import pose_semi
+real, calls = pose_semi._label_chunk, []
+def stalling(*args, **kwargs):
+  if calls:
+    while True:
+      time.sleep(1)
+  calls.append(1)
+  return real(*args, **kwargs)
+pose_semi._label_chunk = stalling
+config = handobj_pose_semi.get_config("smoke")
+config.data.data_dir, config.teacher_workdir = sys.argv[1], sys.argv[2]
+pose_semi.pseudolabel(config, sys.argv[3])
+"""
 
 
 def _semi(data_dir, teacher, **overrides) -> ml_collections.ConfigDict:
@@ -78,6 +104,28 @@ def test_pseudolabel_job_stop_and_resume_loses_and_duplicates_nothing(tmp_path):
   assert os.stat(work / "pseudo_labels" / "chunks" / "chunk_00000.npz").st_mtime_ns == first.st_mtime_ns
   for k, v in ref["labels"].items():
     np.testing.assert_array_equal(resumed["labels"][k], v, err_msg=k)
+
+  # SIGKILL while chunk 1 is being labelled (chunk 0 written), then a restart: the same labels again.
+  killed = tmp_path / "killed"
+  log = tmp_path / "killed.log"
+  chunk0 = killed / "pseudo_labels" / "chunks" / "chunk_00000.npz"
+  with open(log, "wb") as stderr:
+    proc = subprocess.Popen([sys.executable, "-c", _STALLING_JOB, str(data_dir), teacher, str(killed)], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=stderr)
+    try:
+      deadline = time.time() + 240
+      while not chunk0.exists():
+        assert proc.poll() is None, f"the job ended before its stall: {log.read_text()[-2000:]}"
+        assert time.time() < deadline, f"no chunk 0 after 240 s: {log.read_text()[-2000:]}"
+        time.sleep(0.1)
+    finally:
+      proc.send_signal(signal.SIGKILL)
+      proc.wait()
+  assert sorted(os.listdir(killed / "pseudo_labels" / "chunks")) == ["chunk_00000.npz"]
+  assert not (killed / "pseudo_labels" / pose_semi.LABELS_FILE).exists()
+  restarted = pose_semi.pseudolabel(_semi(data_dir, teacher), str(killed))
+  for k, v in ref["labels"].items():
+    np.testing.assert_array_equal(restarted["labels"][k], v, err_msg=k)
 
   # Outputs: labels with masks, report, contact sheet; counts add up.
   saved = np.load(work / "pseudo_labels" / pose_semi.LABELS_FILE)
