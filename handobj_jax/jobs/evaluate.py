@@ -223,7 +223,7 @@ def build_records(model: LoadedModel, builder, split: str, stats, s, detections=
   meter = console.Progress(total, f"eval {split}", unit="image")
   for batch in pipeline.numpy_batches(pipeline.eval_dataset(ds, batch_size=int(s.batch_size)),
                                       train_job.data_source(builder, split)):
-    preemption.check(f"while evaluating {split} (nothing written yet; rerun the same command)")
+    preemption.check(f"while evaluating {split} (nothing written yet)")
     keep = np.asarray(batch[pipeline.MASK_KEY], bool)
     images = batch["image"].astype(np.float32) / 255.0
     out = model.forward(images, batch["query_point"])

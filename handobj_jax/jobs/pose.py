@@ -218,7 +218,7 @@ def evaluate_workdir(config, workdir: str, builder, split: str, settings, num_fi
   figures_in: list[dict[str, np.ndarray]] = []
   meter = console.Progress(total, f"pose eval {label or split}", unit="image")
   for batch in _eval_batches(builder, split, host_bs, mesh, pose_data.EVAL_FIELDS, int(settings.max_images)):
-    preemption.check(f"while evaluating {split} (nothing written yet; rerun the same command)")
+    preemption.check(f"while evaluating {split} (nothing written yet)")
     out = jax.device_get(predict(variables, batch))
     batch = jax.device_get(batch)
     ctrl_obj = np.einsum("bji,bpj->bpi", batch["obj_rot"], batch["obj_ctrl3d"] - batch["obj_trans"][:, None])

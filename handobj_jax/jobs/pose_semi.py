@@ -290,8 +290,7 @@ def pseudolabel(config, workdir: str) -> dict[str, Any]:
         fileio.save_npz_atomic(_chunk_path(out_dir, c), labels)
         meter.advance(len(pending))
         pending = []
-        preemption.check(f"after chunk {c} of {num_chunks} (finished chunks are kept; rerun the same "
-                         "command to continue)")
+        preemption.check(f"after chunk {c} of {num_chunks} (finished chunks are kept)")
   meter.close()
   paths = sorted(glob.glob(os.path.join(out_dir, "chunks", "chunk_*.npz")))[:num_chunks]
   parts = [fileio.load_npz(p) for p in paths]
