@@ -20,20 +20,21 @@ Variants:
   cpu      Sized for 2 CPU cores, <= 25 min including the data build: `synthetic_ho3d/small` (2000 / 200 /
            200 frames at 128 px), 128x128 crops, a small SE-ResNeXt trunk ('tiny', widths 32 / 16-128) with a
            64-channel FPN, RoI 16x16x64, narrower decoders (1.3 M parameters), batch 16, Adam lr 1e-3 (not
-           tuned), lr x 0.7 every 3 epochs, 10 epochs (1250 steps); 2D joints by the released code's MSE (see
-           _cpu). Measured on a 2-core AMD EPYC (AVX2, no AVX-512), 2026-12-07: 0.245 s per step
-           (benchmarks/bench_pose_step.py, 65 examples/s), 8.8 min wall with the data build (1 min; the run
-           shared the cores with other work part of the time), peak RSS 3.3 GB; validation after epoch 10:
-           joint error 84 mm root-relative, 32.6 mm after Procrustes, control points 12.8 px (128 px crops).
-           The eval job on the 200 test frames: joint / mesh error after Procrustes 33.4 / 35.2 mm, F@5 / F@15
-           12.6 / 54.8%, ADD-0.1D 1.0% (box 1.2, cylinder 1.9, ellipsoid 0.0), REP-5 44%: a short run of a
-           small model; the errors were still falling. Target: Procrustes joint error < 36 mm and REP-5 > 40%
-           on the test split (the recipe is 10 epochs to leave time for the Table 2 and semi-supervised
-           ablations, which train it several times; an earlier 16-epoch recipe with 32x32 RoIs reached 26.4 mm).
+           tuned), lr x 0.7 every 3 epochs, 10 epochs (1250 steps); 2D joints by the paper's heatmap loss with
+           weight 1e4 (see _cpu). Measured on a 2-core AMD EPYC with AVX-512 (no AMX), 2026-12-07: 2.4 steps/s,
+           8.7 min per run (data built); validation after epoch 10: Procrustes joint error 26.8 mm,
+           control points 19.5 px (128 px crops). Test split (eval job, oracle boxes and root): Procrustes
+           joint / mesh error 27.2 / 30.7 mm, F@5 / F@15 16.4 / 62.6%, ADD-0.1D 0.0%, REP-5 10.3%
+           (docs/results/semi_cpu_ablation.md, row sup-w/ CR). Target: Procrustes joint error < 30 mm and
+           REP-5 > 5% on the test split. The heatmap recipe trades the object for the hand: the earlier
+           soft-argmax recipe (--config.loss.hand_2d=joints2d, weight 100) reached 33.4 mm, ADD-0.1D 1.0% and
+           REP-5 44% (docs/results/pose_cpu_table2.md) but left the 2D skeleton collapsed, which the
+           semi-supervised stage cannot use. A recipe that trains both branches at this budget is still to find.
   cpu_no_cr / cpu_h / cpu_ho   The Table 2 ablation at :cpu size: no CR, hand query (h+), both (h+o+); each
-           trains like :cpu (8-9 min). Measured (same machine and date, test split): Procrustes joint error
-           32.7 / 34.8 / 33.0 mm, ADD-0.1D 2.8 / 0.0 / 0.4%, REP-5 46.1 / 45.0 / 30.2% (o+: 33.4 mm, 1.0%,
-           44.0%): at this budget no query choice helps the object; see the README for the table.
+           trains like :cpu. Measured with the soft-argmax recipe (AMD EPYC with AVX2, test split):
+           Procrustes joint error 32.7 / 34.8 / 33.0 mm, ADD-0.1D 2.8 / 0.0 / 0.4%, REP-5 46.1 / 45.0 / 30.2%
+           (o+: 33.4 mm, 1.0%, 44.0%): at this budget no query choice helps the object. With the heatmap
+           recipe, no CR against o+: 26.4 / 27.2 mm, REP-5 9.3 / 10.3% (docs/results/semi_cpu_ablation.md).
   no_cr / h / ho               The same ablation at the paper's size.
   smoke    Tests: the tiny synthetic build (24 / 8 / 8 at 128 px), 64x64 crops, a tiny network, 2 steps.
 """
