@@ -4,15 +4,13 @@ uninterrupted result."""
 import glob
 import json
 import os
-import signal
-import subprocess
 import sys
-import time
 
 import ml_collections
 import numpy as np
 import pytest
 
+import child_process
 from configs import handobj_pose
 from configs import handobj_pose_semi
 from handobj_jax import jobs
@@ -109,18 +107,8 @@ def test_pseudolabel_job_stop_and_resume_loses_and_duplicates_nothing(tmp_path):
   killed = tmp_path / "killed"
   log = tmp_path / "killed.log"
   chunk0 = killed / "pseudo_labels" / "chunks" / "chunk_00000.npz"
-  with open(log, "wb") as stderr:
-    proc = subprocess.Popen([sys.executable, "-c", _STALLING_JOB, str(data_dir), teacher, str(killed)], cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=stderr)
-    try:
-      deadline = time.time() + 240
-      while not chunk0.exists():
-        assert proc.poll() is None, f"the job ended before its stall: {log.read_text()[-2000:]}"
-        assert time.time() < deadline, f"no chunk 0 after 240 s: {log.read_text()[-2000:]}"
-        time.sleep(0.1)
-    finally:
-      proc.send_signal(signal.SIGKILL)
-      proc.wait()
+  child_process.kill_when([sys.executable, "-c", _STALLING_JOB, str(data_dir), teacher, str(killed)], REPO, log,
+                          chunk0.exists, "at chunk 0")
   assert sorted(os.listdir(killed / "pseudo_labels" / "chunks")) == ["chunk_00000.npz"]
   assert not (killed / "pseudo_labels" / pose_semi.LABELS_FILE).exists()
   restarted = pose_semi.pseudolabel(_semi(data_dir, teacher), str(killed))

@@ -9,16 +9,14 @@ and of mirrored boxes, and the raw TFRecord bytes of an uninterrupted run.
 import glob
 import json
 import os
-import signal
-import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+import child_process
 from configs import pseudolabel as pseudolabel_config
 from handobj_jax.jobs import pseudolabel as job
 from input_pipeline import cohesiv_examples as ce
@@ -233,17 +231,7 @@ def test_kill_and_restart_loses_and_duplicates_nothing(tmp_path):
     return (glob.glob(os.path.join(out, "_progress", "*.json")) and os.path.isdir(out)
             and [f for f in os.listdir(out) if f.startswith(".tmp-")])
 
-  with open(log, "wb") as stderr:
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=stderr)
-    try:
-      deadline = time.time() + 180
-      while not mid_run():
-        assert proc.poll() is None, f"build ended before the stall: {log.read_text()[-2000:]}"
-        assert time.time() < deadline, f"not mid-run after 180 s: {log.read_text()[-2000:]}"
-        time.sleep(0.2)
-    finally:
-      proc.send_signal(signal.SIGKILL)
-      proc.wait()
+  child_process.kill_when(cmd, REPO, log, mid_run, "mid-run", timeout=180, poll=0.2)
   assert [os.path.basename(f) for f in glob.glob(os.path.join(out, "_progress", "*.json"))] == [
       f"{ce.DATASET_NAME}-train.tfrecord-00000-of-00002.json"]
   assert not os.path.exists(os.path.join(out, "dataset_info.json"))
