@@ -62,6 +62,7 @@ import cv2
 import numpy as np
 from scipy.spatial.transform import Rotation, Slerp
 
+from handobj_jax.geometry.camera_frames import opengl_to_opencv  # pylint: disable=unused-import  (re-exported)
 from input_pipeline import rasterizer
 
 OBJECT_TYPES = ("box", "cylinder", "ellipsoid")
@@ -78,31 +79,6 @@ _FINGERS = {
     "ring": (10, 11, 12),
     "thumb": (13, 14, 15),
 }
-
-
-def opengl_to_opencv(x: np.ndarray) -> np.ndarray:
-  """Flips the y and z axes: OpenGL camera frame <-> OpenCV camera frame.
-
-  Args:
-    x: [..., 3] points, or [..., 3, 3] rotations / [..., 3, 4] or [..., 4, 4]
-      poses whose rows are camera-frame axes (the y and z rows are negated).
-
-  Returns:
-    The same array type with the y and z components (rows) negated.
-  """
-  x = np.asarray(x)
-  flip = np.array([1.0, -1.0, -1.0], dtype=x.dtype if x.dtype.kind == "f"
-                  else np.float64)
-  if x.shape[-1] == 3 and (x.ndim == 1 or x.shape[-2:] != (3, 3)):
-    return x * flip
-  if x.shape[-2:] in ((3, 3), (3, 4)):
-    return x * flip[:, None]
-  if x.shape[-2:] == (4, 4):
-    out = np.array(x, dtype=flip.dtype, copy=True)
-    out[..., :3, :] *= flip[:, None]
-    return out
-  raise ValueError(f"opengl_to_opencv expects [..., 3] points or [..., 3, 3], "
-                   f"[..., 3, 4], [..., 4, 4] poses, got shape {x.shape}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -22,10 +22,12 @@ joints + 5 fingertips order, vertices [N, 778, 3].
   * Mean error: per keypoint averaged over samples, then over keypoints.
   * AUC: PCK (error <= threshold) at linspace(0, 0.05 m, 100), per keypoint
     trapz(pck) / trapz(1), then averaged over keypoints.
-  * F-score at 5 mm / 15 mm on Procrustes-aligned vertices: d1 = GT -> nearest
-    prediction, d2 = prediction -> nearest GT; P = mean(d1 < th),
-    R = mean(d2 < th); F = 2PR / (P + R) (0 if P + R = 0); mean over samples.
-  `ho3d_hand_report` returns errors in millimetres (keys end in `_mm`).
+  * F-score at 5 mm / 15 mm on Procrustes-aligned vertices (the papers' number)
+    and on unaligned ones: d1 = GT -> nearest prediction, d2 = prediction ->
+    nearest GT; P = mean(d1 < th), R = mean(d2 < th); F = 2PR / (P + R) (0 if
+    P + R = 0); mean over samples.
+  `ho3d_hand_report` returns errors in millimetres (keys end in `_mm`);
+  `official_scores` the official scores.txt numbers under their names (cm).
 
 Objects. Poses (R [N, 3, 3], t [N, 3]) in the OpenCV camera frame, metres;
 model points [P, 3] in the object frame, metres; intrinsics K [3, 3] pixels.
@@ -46,6 +48,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 from scipy.spatial import cKDTree
+
+from handobj_jax.geometry import camera_frames
 
 # Fingertip vertex ids (thumb, index, middle, ring, little) appended to MANO's
 # 16 joints. HO-3D's ground truth uses "ho3d"; the other set is common in
@@ -203,7 +207,8 @@ def ho3d_hand_report(pred_joints: np.ndarray, pred_verts: np.ndarray,
      'joint_error_procrustes_mm', 'joint_auc_unaligned', 'joint_auc_sc_tr',
      'joint_auc_procrustes', 'mesh_error_unaligned_mm',
      'mesh_error_procrustes_mm', 'mesh_auc_unaligned', 'mesh_auc_procrustes',
-     'fscore_5mm', 'fscore_15mm', 'num_samples'}.
+     'fscore_5mm', 'fscore_15mm' (Procrustes-aligned vertices), 'fscore_unaligned_5mm',
+     'fscore_unaligned_15mm', 'num_samples'}.
   """
   pj, gj = _check_pair("ho3d_hand_report (joints)", pred_joints, gt_joints,
                        k=21)
@@ -231,7 +236,46 @@ def ho3d_hand_report(pred_joints: np.ndarray, pred_verts: np.ndarray,
     report[f"mesh_auc_{name}"] = pck_auc(err)[0]
   report["fscore_5mm"] = f_score(pv_al, gv, 0.005)[0]
   report["fscore_15mm"] = f_score(pv_al, gv, 0.015)[0]
+  report["fscore_unaligned_5mm"] = f_score(pv, gv, 0.005)[0]
+  report["fscore_unaligned_15mm"] = f_score(pv, gv, 0.015)[0]
   return report
+
+
+# The numbers the official HO-3D evaluation writes to scores.txt, under its names, in its order: joint errors
+# (cm) and AUCs unaligned, Procrustes-aligned and scale-translation aligned; mesh errors and AUCs unaligned and
+# Procrustes-aligned (the official script aligns the mesh by Procrustes only); F-scores at 5 and 15 mm on
+# unaligned (f_score_*) and Procrustes-aligned (f_al_score_*) vertices. Errors are in centimetres there.
+OFFICIAL_SCORE_NAMES = (
+    "xyz_mean3d", "xyz_auc3d", "xyz_procrustes_al_mean3d", "xyz_procrustes_al_auc3d",
+    "xyz_scale_trans_al_mean3d", "xyz_scale_trans_al_auc3d", "mesh_mean3d", "mesh_auc3d", "mesh_al_mean3d",
+    "mesh_al_auc3d", "f_score_5", "f_al_score_5", "f_score_15", "f_al_score_15")
+
+
+def official_scores(pred_joints: np.ndarray, pred_verts: np.ndarray, gt_joints: np.ndarray,
+                    gt_verts: np.ndarray) -> dict[str, float]:
+  """Every number of the official HO-3D scores.txt (`OFFICIAL_SCORE_NAMES`; errors in cm, AUCs and F in [0, 1]).
+
+  Inputs as `ho3d_hand_report` (metres, one frame for all four; the scores do not depend on which frame as long
+  as it is the same). The F-scores are computed both on the raw and on the Procrustes-aligned vertices.
+  """
+  r = ho3d_hand_report(pred_joints, pred_verts, gt_joints, gt_verts)
+  out = {
+      "xyz_mean3d": r["joint_error_unaligned_mm"] / 10.0, "xyz_auc3d": r["joint_auc_unaligned"],
+      "xyz_procrustes_al_mean3d": r["joint_error_procrustes_mm"] / 10.0,
+      "xyz_procrustes_al_auc3d": r["joint_auc_procrustes"],
+      "xyz_scale_trans_al_mean3d": r["joint_error_sc_tr_mm"] / 10.0,
+      "xyz_scale_trans_al_auc3d": r["joint_auc_sc_tr"],
+      "mesh_mean3d": r["mesh_error_unaligned_mm"] / 10.0, "mesh_auc3d": r["mesh_auc_unaligned"],
+      "mesh_al_mean3d": r["mesh_error_procrustes_mm"] / 10.0, "mesh_al_auc3d": r["mesh_auc_procrustes"],
+      "f_score_5": r["fscore_unaligned_5mm"], "f_al_score_5": r["fscore_5mm"],
+      "f_score_15": r["fscore_unaligned_15mm"], "f_al_score_15": r["fscore_15mm"],
+  }
+  return {k: float(out[k]) for k in OFFICIAL_SCORE_NAMES}
+
+
+def scores_txt(scores: Mapping[str, float]) -> str:
+  """The official scores.txt layout: one 'name: value' line per score, in the official order."""
+  return "".join(f"{k}: {float(scores[k]):f}\n" for k in OFFICIAL_SCORE_NAMES)
 
 
 # ----------------------------------------------------------------------------
@@ -240,10 +284,9 @@ def ho3d_hand_report(pred_joints: np.ndarray, pred_verts: np.ndarray,
 
 def opengl_to_opencv_pose(rot: np.ndarray,
                           trans: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """Flips the y and z rows: [..., 3, 3], [..., 3] OpenGL -> OpenCV camera."""
-  flip = np.array([1.0, -1.0, -1.0])
-  return (np.asarray(rot, np.float64) * flip[:, None],
-          np.asarray(trans, np.float64) * flip)
+  """Flips the y and z rows: [..., 3, 3], [..., 3] OpenGL -> OpenCV camera (`geometry.camera_frames`)."""
+  return (camera_frames.flip_rotations(np.asarray(rot, np.float64)),
+          camera_frames.flip_points(np.asarray(trans, np.float64)))
 
 
 def model_diameter(points: np.ndarray) -> float:

@@ -44,6 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from handobj_jax import errors
+from handobj_jax import fileio
 from handobj_jax.geometry import rotation
 
 NUM_VERTS = 778
@@ -348,46 +349,27 @@ def _resolve_chumpy(obj: Any) -> Any:
       f"{sorted(state)}); convert the file with chumpy installed")
 
 
-_SAFE_BUILTINS = frozenset({
-    "set", "frozenset", "object", "slice", "complex", "bytearray", "dict",
-    "list", "tuple", "int", "float", "bool", "str", "bytes"})
-_NUMPY_GLOBALS = frozenset({
-    ("multiarray", "_reconstruct"), ("multiarray", "scalar"),
-    ("numeric", "_frombuffer"), ("", "ndarray"), ("", "dtype")})
 _SPARSE_CLASSES = frozenset({
     "csc_matrix", "csr_matrix", "coo_matrix", "csc_array", "csr_array",
     "coo_array"})
 
 
-class RestrictedMANOUnpickler(pickle.Unpickler):
+class RestrictedMANOUnpickler(fileio.RestrictedUnpickler):
   """Unpickler that only builds numpy/scipy.sparse objects and chumpy stand-ins.
 
   Anything else (e.g. ``os.system``) raises ``pickle.UnpicklingError``.
   """
 
-  def find_class(self, module: str, name: str) -> Any:
+  refused_message = ("MANO files may only contain numpy arrays, scipy.sparse matrices and chumpy "
+                     "arrays")
+
+  def extra_class(self, module: str, name: str) -> Any:
     if module == "chumpy" or module.startswith("chumpy."):
       return _chumpy_class(module, name)
-    if module in ("copy_reg", "copyreg") and name in (
-        "_reconstructor", "__newobj__"):
-      return super().find_class(module, name)
-    if module in ("__builtin__", "builtins") and name in _SAFE_BUILTINS:
-      return super().find_class(module, name)
-    if module == "_codecs" and name == "encode":
-      # Python-3 protocol-2 pickles store bytes as _codecs.encode(str, 'latin1').
-      return super().find_class(module, name)
-    if module == "numpy" or module.startswith("numpy."):
-      sub = module.split(".")[-1] if module != "numpy" else ""
-      if (sub, name) in _NUMPY_GLOBALS:
-        if module.startswith("numpy.core") and hasattr(np, "_core"):
-          module = "numpy._core" + module[len("numpy.core"):]
-        return super().find_class(module, name)
     if module.startswith("scipy.sparse") and name in _SPARSE_CLASSES:
       import scipy.sparse  # pylint: disable=g-import-not-at-top
       return getattr(scipy.sparse, name)
-    raise pickle.UnpicklingError(
-        f"refusing to unpickle global {module}.{name}: MANO files may only "
-        "contain numpy arrays, scipy.sparse matrices and chumpy arrays")
+    return None
 
 
 class ManoFileError(errors.InputError):
