@@ -51,11 +51,23 @@ def _ho3d(data_dir: str, data: ml_collections.ConfigDict, mano_path: str) -> tfd
                          models_dir=data.get("models_dir", ""), mano_path=mano_path)
 
 
+def _fpha(data_dir: str, data: ml_collections.ConfigDict, mano_path: str) -> tfds.core.DatasetBuilder:
+  from input_pipeline import tfds_fpha  # pylint: disable=g-import-not-at-top
+  return tfds_fpha.build(data_dir, data.manual_dir, data.builder_config, mano_path=mano_path)
+
+
+def _freihand(data_dir: str, data: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
+  from input_pipeline import tfds_freihand  # pylint: disable=g-import-not-at-top
+  return tfds_freihand.build(data_dir, data.manual_dir, data.builder_config)
+
+
 def _names(spec: str) -> tuple[str, ...]:
   return tuple(s.strip() for s in str(spec or "").split(",") if s.strip())
 
 
 _BUILDERS = {
+    "fpha": _fpha,
+    "freihand": _freihand,
     "ho3d": _ho3d,
     "something_else": _something_else,
     "synthetic_handobj": _synthetic_handobj,

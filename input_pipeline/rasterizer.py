@@ -330,3 +330,24 @@ def render_meshes(meshes: Sequence[tuple[np.ndarray, np.ndarray]],
   image = np.clip(np.round(image * 255.0), 0, 255).astype(np.uint8)
   return Rendering(image=image, depth=frag.depth, mesh_id=mesh_id,
                    tri_id=tri_local, shading=shading)
+
+
+def box_of(points2d: np.ndarray) -> np.ndarray:
+  """The tight box [x0, y0, x1, y1] (float32) of [..., N, 2] points."""
+  points2d = np.asarray(points2d)
+  return np.concatenate([points2d.min(-2), points2d.max(-2)], -1).astype(np.float32)
+
+
+def convex_hull_mask(points2d: np.ndarray, height: int, width: int) -> np.ndarray:
+  """[H, W] bool: pixels (centres at integers) inside the convex hull of [N, 2] points (1/16 px fill)."""
+  import cv2  # pylint: disable=g-import-not-at-top
+  mask = np.zeros((height, width), np.uint8)
+  pts = np.asarray(points2d, np.float64)
+  pts = pts[np.all(np.isfinite(pts), axis=1)]
+  if len(pts) >= 3:
+    shift = 4
+    limit = 4 * max(height, width)
+    fixed = np.round(np.clip(pts, -limit, limit) * (1 << shift)).astype(np.int32)
+    hull = cv2.convexHull(fixed.reshape(-1, 1, 2))
+    cv2.fillConvexPoly(mask, hull, 1, lineType=cv2.LINE_8, shift=shift)
+  return mask.astype(bool)

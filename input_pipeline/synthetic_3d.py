@@ -603,11 +603,6 @@ def _mano_params(cfg: World3DConfig, model, scene: _Scene, fingers: np.ndarray,
   return pose, rot @ j0 + trans - j0
 
 
-def _box(points2d: np.ndarray) -> np.ndarray:
-  return np.concatenate([points2d.min(-2), points2d.max(-2)], -1).astype(
-      np.float32)
-
-
 def _render_frame(cfg: World3DConfig, scene: _Scene, hand_verts: np.ndarray,
                   faces: np.ndarray, obj_rot: np.ndarray, obj_trans: np.ndarray
                  ) -> rasterizer.Rendering:
@@ -650,8 +645,8 @@ def _frame_labels(cfg, model, scene, fingers, rot_c, trans_c, forward):
       mano_pose=pose, mano_trans=mtrans, verts3d=verts, joints3d=joints,
       joints2d=proj(joints), obj_rot=obj_rot, obj_trans=obj_trans,
       obj_ctrl3d=ctrl3d, obj_ctrl2d=proj(ctrl3d),
-      hand_box=_box(proj(verts)), obj_box=_box(proj(ctrl3d)),
-      _obj_mesh_box=_box(proj(corners3d)))
+      hand_box=rasterizer.box_of(proj(verts)), obj_box=rasterizer.box_of(proj(ctrl3d)),
+      _obj_mesh_box=rasterizer.box_of(proj(corners3d)))
 
 
 def _f32(x):

@@ -243,21 +243,6 @@ def split_sequences(sequences: Sequence[str], config: Ho3dConfig) -> dict[str, l
   return {"train": train, "validation": sorted(val), "test": sorted(test)}
 
 
-def box_of(points2d: np.ndarray) -> np.ndarray:
-  return np.concatenate([points2d.min(0), points2d.max(0)]).astype(np.float32)
-
-
-def hull_mask(points2d: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-  """Filled convex hull of 2D points (pixel centres at integers) as an [H, W] bool mask."""
-  mask = np.zeros(hw, np.uint8)
-  pts = np.asarray(points2d, np.float64)
-  pts = pts[np.all(np.isfinite(pts), axis=1)]
-  if len(pts) >= 3:
-    hull = cv2.convexHull(np.round(pts * 16).astype(np.int32))
-    cv2.fillConvexPoly(mask, hull, 1, lineType=cv2.LINE_8, shift=4)
-  return mask.astype(bool)
-
-
 class Ho3dMano:
   """The MANO layer at HO-3D's convention (flat hand mean, HO-3D tips), batched and jitted."""
 
@@ -295,9 +280,9 @@ def _object_fields(meta: dict[str, Any], models: dict[str, np.ndarray], k: np.nd
   ctrl3d = ctrl @ rot.T + trans
   ctrl2d = rasterizer.project_points(ctrl3d, k)
   return {"obj_rot": rot, "obj_trans": trans, "obj_ctrl3d": ctrl3d, "obj_ctrl2d": ctrl2d,
-          "obj_box": box_of(ctrl2d), "obj_points3d": subsample_points(pts, num_points),
+          "obj_box": rasterizer.box_of(ctrl2d), "obj_points3d": subsample_points(pts, num_points),
           "obj_diameter": np.float32(synthetic_3d.bbox_diameter(pts)), "obj_type": meta["objName"],
-          "obj_mask": hull_mask(rasterizer.project_points(pts @ rot.T + trans, k), hw)}
+          "obj_mask": rasterizer.convex_hull_mask(rasterizer.project_points(pts @ rot.T + trans, k), *hw)}
 
 
 def _no_object(hand_box: np.ndarray, num_points: int, hw: tuple[int, int]) -> dict[str, Any]:
@@ -322,7 +307,7 @@ def train_examples(metas: list[dict[str, Any]], mano: Ho3dMano, models: dict[str
     joints = camera_frames.flip_points(m["handJoints3D"])
     joints2d = rasterizer.project_points(joints, k)
     verts2d = rasterizer.project_points(verts[i], k)
-    hand_box = box_of(np.concatenate([joints2d, verts2d]))
+    hand_box = rasterizer.box_of(np.concatenate([joints2d, verts2d]))
     out.append({
         "K": k, "joints3d": joints, "joints2d": joints2d, "verts3d": verts[i], "mano_pose": pose[i],
         "mano_betas": betas[i], "mano_trans": trans[i], "root3d": joints[0], "hand_box": hand_box,
@@ -484,3 +469,87 @@ def build(data_dir: str, manual_dir: str, version: str = "v3", *, every: int = 1
       lambda: Ho3d(data_dir=data_dir, config=config, models_dir=models_dir, mano_path=mano_path), directory,
       f"delete {directory} and rerun: it is rebuilt from {manual_dir}",
       download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Checking a download before building (the `check_data` job).
+
+
+def check_download(root: str, version: str = "v3", models_dir: str = "", mano_path: str | None = None,
+                   sample: int = 200) -> list[tuple[str, str, bool]]:
+  """Validates a user's HO-3D download without building it, in seconds to minutes.
+
+  Checks: both frame lists (counts against the official sizes), that every listed rgb and meta file exists, a
+  sample of `sample` frames per split read in full (meta layout, image size, projected joints inside the image),
+  the object models of every object seen, and that the MANO file reproduces the annotated joints (largest gap).
+
+  Returns:
+    Rows (check, finding, ok); a problem is a row with ok False (nothing raises for bad files: every problem is
+    listed, each naming its file).
+  """
+  rows: list[tuple[str, str, bool]] = []
+  if not os.path.isdir(root):
+    return [("manual_dir", f"{root!r} is not a directory", False)]
+  lists = {}
+  for split in ("train", "evaluation"):
+    try:
+      lists[split] = read_frame_list(root, split)
+    except pipeline.DataError as e:
+      rows.append((f"{split} list", str(e), False))
+      continue
+    official = OFFICIAL_SIZES.get(version, {}).get(split)
+    note = "" if official in (None, len(lists[split])) else f" (the official {version} {split} set has {official})"
+    has_list = os.path.isfile(os.path.join(root, f"{split}.txt"))
+    found = (f"{len(lists[split])} frames from {split}.txt" if has_list else
+             f"{len(lists[split])} frames found by scanning ({split}.txt missing: the submission order is unknown)")
+    rows.append((f"{split} list", found + note, has_list or split == "train"))
+    missing = [p for seq, fr in lists[split] for p in (meta_path(root, split, seq, fr),)
+               if not os.path.isfile(p)]
+    missing += [image_path(root, split, seq, fr) for seq, fr in lists[split]
+                if not os.path.isfile(image_path(root, split, seq, fr))]
+    rows.append((f"{split} files", f"all {2 * len(lists[split])} rgb + meta files present" if not missing else
+                 f"{len(missing)} missing, e.g. {missing[0]}", not missing))
+  seen: set[str] = set()
+  metas = []
+  for split, frames in lists.items():
+    step = max(1, len(frames) // max(1, sample))
+    bad = []
+    for seq, fr in frames[::step]:
+      try:
+        meta = read_meta(meta_path(root, split, seq, fr), split)
+        read_image(image_path(root, split, seq, fr))
+      except pipeline.DataError as e:
+        bad.append(str(e))
+        continue
+      if meta is None:
+        continue
+      if meta["has_object"]:
+        seen.add(meta["objName"])
+      if split == "train":
+        metas.append(meta)
+        uv = rasterizer.project_points(camera_frames.flip_points(meta["handJoints3D"]), meta["camMat"])
+        if not np.all((uv > -50) & (uv < np.array(IMAGE_HW[::-1]) + 50)):
+          bad.append(f"{meta_path(root, split, seq, fr)}: the annotated joints project outside the image "
+                     f"({np.round(uv.min(0))} .. {np.round(uv.max(0))}): is this the OpenGL-frame HO-3D annotation?")
+    n = len(frames[::step])
+    rows.append((f"{split} sample", f"{n} frames read (meta layout, 640x480 images, joints in view)" if not bad else
+                 f"{len(bad)} of {n} sampled frames bad, e.g. {bad[0]}", not bad))
+  try:
+    models = load_object_models(models_dir or os.path.join(root, "models"), sorted(seen))
+    rows.append(("object models", f"{len(models)} models with points.xyz: {', '.join(sorted(models))}", True))
+  except pipeline.DataError as e:
+    models = None
+    rows.append(("object models", str(e), False))
+  if metas:
+    try:
+      mano = Ho3dMano(mano_path)
+      labels = train_examples(metas, mano, models, 8) if models is not None else []
+      gaps = np.array([lab["mano_joint_gap_mm"] for lab in labels])
+      if gaps.size:
+        ok = bool(np.median(gaps) < 2.0)
+        rows.append(("MANO model", f"{mano_path or 'synthetic model'}: annotated joints reproduced to median "
+                     f"{np.median(gaps):.2f} mm, max {gaps.max():.2f} mm over {gaps.size} frames" +
+                     ("" if ok else " (expected < 2 mm: wrong MANO file, side, or a non-HO-3D annotation?)"), ok))
+    except Exception as e:  # pylint: disable=broad-except  (ManoFileError and friends: reported as a row)
+      rows.append(("MANO model", str(e).splitlines()[0], False))
+  return rows

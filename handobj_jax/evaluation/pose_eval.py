@@ -53,11 +53,12 @@ def _jsonable(x: Any) -> Any:
 
 def make_report(rows: Sequence[dict[str, Any]], dataset: str, split: str, settings) -> dict[str, Any]:
   """The JSON-able report of evaluated rows (see `jobs.pose.evaluate_workdir` for a row's keys)."""
-  groups = sorted({g for r in rows for g in r["objects"]["cv"]["add_success"]})
+  groups = sorted({g for r in rows if r["objects"] for g in r["objects"]["cv"]["add_success"]})
   return {
       "dataset": dataset, "split": split, "protocol": PROTOCOL, "object_groups": groups,
       "vote_rule": {"num_votes": int(settings.num_votes), "threshold": float(settings.vote_threshold)},
-      "rows": [{k: _jsonable(v) for k, v in r.items() if k not in ("figures", "faces")} for r in rows],
+      "rows": [{k: _jsonable(v) for k, v in r.items() if k not in ("figures", "faces", "predictions")}
+               for r in rows],
   }
 
 
@@ -65,29 +66,53 @@ def markdown(report: dict[str, Any]) -> str:
   rows = report["rows"]
   groups = report["object_groups"]
   lines = [f"# Hand-object pose on {report['dataset']} ({report['split']} split, "
-           f"{rows[0]['num_images']} images)", "", report["protocol"], "",
-           "## Hands (Table 1 shape)", "",
-           "| model | CR | " + " | ".join(c[0] for c in HAND_COLUMNS) + " |",
-           "|---|---|" + "---|" * len(HAND_COLUMNS)]
-  for r in rows:
-    lines.append(f"| {r['label']} | {r['cr']} | " +
-                 " | ".join(_fmt(r["hand"].get(key), how) for _, key, how in HAND_COLUMNS) + " |")
+           f"{rows[0]['num_images']} images)", "", report["protocol"], ""]
+  hand_rows = [r for r in rows if r.get("hand")]
+  if hand_rows:
+    lines += [f"## Hands (Table 1 shape; {hand_rows[0].get('num_hand_gt', rows[0]['num_images'])} frames with hand "
+              "ground truth)", "",
+              "| model | CR | " + " | ".join(c[0] for c in HAND_COLUMNS) + " |",
+              "|---|---|" + "---|" * len(HAND_COLUMNS)]
+    for r in hand_rows:
+      lines.append(f"| {r['label']} | {r['cr']} | " +
+                   " | ".join(_fmt(r["hand"].get(key), how) for _, key, how in HAND_COLUMNS) + " |")
+    names = list(hand_rows[0]["hand"].get("official", {}))
+    if names:
+      lines += ["", "The official HO-3D evaluation's numbers, under its names (errors in cm; scores.txt holds the "
+                "first row in the official file layout):", "",
+                "| model | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+      for r in hand_rows:
+        lines.append(f"| {r['label']} | " + " | ".join(f"{r['hand']['official'][n]:.4f}" for n in names) + " |")
+  else:
+    lines += ["## Hands", "", "No hand ground truth in this split (HO-3D's evaluation split without the released "
+              "evaluation annotations): the hand is scored by the official server from the submission file."]
+  obj_rows = [r for r in rows if r.get("objects")]
   for solver, title in (("cv", "OpenCV solvePnPRansac + EPnP (the protocol)"),
                         ("dev", "the batched device solver (geometry.pnp.solve_pnp)")):
+    if not obj_rows:
+      break
     lines += ["", f"## Objects, ADD-0.1D % (Table 2 shape): PnP by {title}", "",
-              "| model | CR | " + " | ".join(groups) + " | mean | REP-5 mean | PnP ok % |",
-              "|---|---|" + "---|" * (len(groups) + 3)]
-    for r in rows:
+              "| model | CR | " + " | ".join(groups) + " | mean | REP-5 mean | ADD mean mm | PnP ok % |",
+              "|---|---|" + "---|" * (len(groups) + 4)]
+    for r in obj_rows:
       o = r["objects"][solver]
       cells = [_fmt(o["add_success"].get(g), "{:.1f}") for g in groups]
+      add_mm = 1000.0 * float(np.mean(list(o["add_mean_m"].values()))) if o["add_mean_m"] else float("nan")
       lines.append(f"| {r['label']} | {r['cr']} | " + " | ".join(cells) +
                    f" | {_fmt(o['add_success_mean'], '{:.1f}')} | {_fmt(o['rep5_mean'], '{:.1f}')} | "
-                   f"{_fmt(o['pnp_ok_percent'], '{:.1f}')} |")
-  counts = rows[0]["objects"]["cv"]["num_frames"]
-  lines += ["", "Frames per object group: " + ", ".join(f"{g} {counts.get(g, 0)}" for g in groups) +
-            f". Votes kept per image (mean, of 21 x {report['vote_rule']['num_votes']}): " +
-            ", ".join(f"{r['label']} {r['mean_votes']:.0f}" for r in rows) + ".",
-            "Checkpoints: " + "; ".join(f"{r['label']}: {r['workdir']} step {r['step']}" for r in rows) + "."]
+                   f"{_fmt(add_mm, '{:.1f}')} | {_fmt(o['pnp_ok_percent'], '{:.1f}')} |")
+  if obj_rows:
+    counts = obj_rows[0]["objects"]["cv"]["num_frames"]
+    lines += ["", "Frames per object group: " + ", ".join(f"{g} {counts.get(g, 0)}" for g in groups) +
+              f". Votes kept per image (mean, of 21 x {report['vote_rule']['num_votes']}): " +
+              ", ".join(f"{r['label']} {r['mean_votes']:.0f}" for r in obj_rows) + "."]
+  else:
+    lines += ["", "No object ground truth in this split: no object metrics."]
+  if report.get("submission"):
+    sub = report["submission"]
+    lines += ["", f"HO-3D submission: {sub['zip']} ({sub['count']} frames; read back and checked: shapes, OpenGL "
+              f"frame, evaluation.txt order, largest wrist-to-given-root gap {1000 * sub['root_max_gap_m']:.4f} mm)."]
+  lines += ["Checkpoints: " + "; ".join(f"{r['label']}: {r['workdir']} step {r['step']}" for r in rows) + "."]
   return "\n".join(lines) + "\n"
 
 

@@ -90,7 +90,8 @@ def pose_panel(pred: dict[str, np.ndarray], faces: np.ndarray) -> np.ndarray:
   joints = base.copy()
   viz.draw_skeleton(joints, pred["joints2d_pred"], scale, 2, order="ho3d")
   viz.draw_points(joints, best_votes(pred["obj_points"], pred["obj_confidence"]), PRED_RGB, 2, scale)
-  viz.draw_points(joints, pred["gt_ctrl2d"], GT_RGB, 1, scale)
+  if pred.get("has_object", True):
+    viz.draw_points(joints, pred["gt_ctrl2d"], GT_RGB, 1, scale)
   for img, box, colour in ((joints, pred["hand_box"], HAND_BOX_RGB), (joints, pred["obj_box"], OBJECT_BOX_RGB)):
     draw_box2d(img, box, scale, colour)
   return np.concatenate([viz.label(base, "input crop"), viz.label(mesh, "predicted mesh"),
@@ -102,7 +103,8 @@ def fig6_panel(pred: dict[str, np.ndarray], faces: np.ndarray) -> np.ndarray:
   base, scale = _base(pred["image"])
   out = draw_mesh(base.copy(), _project(pred["K_crop"], pred["verts3d"]) * scale, pred["verts3d"][:, 2], faces)
   corners = pred["ctrl_obj"][:8]
-  for rot, t, colour in ((pred["rot_gt"], pred["t_gt"], GT_RGB), (pred["rot_pred"], pred["t_pred"], PRED_RGB)):
+  poses = ((pred["rot_gt"], pred["t_gt"], GT_RGB), (pred["rot_pred"], pred["t_pred"], PRED_RGB))
+  for rot, t, colour in (poses if pred.get("has_object", True) else ()):  # Hand-only frames: no box.
     cam = corners @ np.asarray(rot, np.float64).T + np.asarray(t, np.float64)
     if np.all(cam[:, 2] > 1e-3):
       draw_box3d(out, _to_crop(pred["affine"], _project(pred["K_image"], cam)) * scale, colour, 2)

@@ -15,6 +15,7 @@ JobFn = Callable[[Any, str], Any]
 
 # name -> "module:function". Every function takes (config, workdir).
 JOBS: dict[str, str] = {
+    "check_data": "handobj_jax.jobs.check_data:run",
     "preview_data": "handobj_jax.jobs.preview_data:run",
     "pseudolabel": "handobj_jax.jobs.pseudolabel:run",
     "responsibility_baseline": "handobj_jax.jobs.pseudolabel:run_baseline",

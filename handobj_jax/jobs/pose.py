@@ -53,12 +53,28 @@ from input_pipeline import pose_data
 EVAL_DIR = "pose_eval"
 
 
-def _open(config):
-  builder = datasets.get_builder(config.data)
-  for split in ("train", "validation", "test"):
+def _open(config, data=None, splits=("train", "validation", "test")):
+  """The builder of `data` (default config.data), checked to have `splits`; HO-3D and FPHA get the MANO file."""
+  builder = datasets.get_builder(data if data is not None else config.data, config.mano.get("model_path") or None)
+  for split in splits:
     if split not in builder.info.splits:
-      raise pipeline.DataError(f"dataset {builder.info.full_name} has no split {split!r}")
+      raise pipeline.DataError(f"dataset {builder.info.full_name} has no split {split!r} (it has "
+                               f"{sorted(builder.info.splits)})")
   return builder
+
+
+def eval_data(config):
+  """The dataset the eval job reads: config.data, or another one named by config.eval.dataset (a trained model
+  evaluated on FPHA or FreiHAND, Table 5), with config.eval.manual_dir / builder_config."""
+  s = config.eval
+  if not s.get("dataset"):
+    return config.data
+  data = config.data.copy_and_resolve_references()
+  with data.unlocked():
+    data.name = s.dataset
+    data.manual_dir = s.get("manual_dir", "") or config.data.manual_dir
+    data.builder_config = s.get("builder_config", "") or "default"
+  return data
 
 
 def _source(builder, split: str) -> pipeline.DataSource:
@@ -67,7 +83,8 @@ def _source(builder, split: str) -> pipeline.DataSource:
 
 def _eval_batches(builder, split: str, batch_size: int, mesh, fields=pose_data.TRAIN_FIELDS,
                   limit: int = 0):
-  ds = pipeline.load_split(builder, split).map(pose_data.select(fields))
+  ds = pipeline.load_split(builder, split).map(pose_data.hand_only()).map(
+      pose_data.select(fields, pose_data.OPTIONAL_FIELDS))
   if limit:
     ds = ds.take(limit)
   return pipeline.global_batches(pipeline.eval_dataset(ds, batch_size=batch_size), mesh,
@@ -210,7 +227,8 @@ def evaluate_workdir(config, workdir: str, builder, split: str, settings, num_fi
   variables = {"params": state.params, "batch_stats": state.batch_stats}
   predict = jax.jit(task.predict)
   device_pnp = jax.jit(_device_pnp, static_argnums=(5, 6))
-  names = builder.info.features["obj_type"].names
+  features = builder.info.features
+  names = features["obj_type"].names if "obj_type" in features else ("none",)  # Hand-only data: FreiHAND.
   total = builder.info.splits[split].num_examples
   if settings.max_images:
     total = min(total, int(settings.max_images))
@@ -230,45 +248,65 @@ def evaluate_workdir(config, workdir: str, builder, split: str, settings, num_fi
                                                              float(settings.vote_threshold))
     host = jax.device_get({"out": out, "batch": batch, "rot_d": rot_d, "trans_d": trans_d, "ok_d": ok_d,
                            "votes": votes_img, "vote_valid": vote_valid, "ctrl_obj": ctrl_obj})
-    keep = np.flatnonzero(np.asarray(host["batch"][pipeline.MASK_KEY], bool))
+    b, o = host["batch"], host["out"]
+    keep = np.flatnonzero(np.asarray(b[pipeline.MASK_KEY], bool))
+    has_hand = np.asarray(b.get("has_hand_gt", np.ones(b["K"].shape[0], bool)), bool)
+    has_obj = np.asarray(b.get("has_object_gt", np.ones(b["K"].shape[0], bool)), bool)
     for i in keep:
-      b, o = host["batch"], host["out"]
-      rot_cv, trans_cv, ok_cv = pnp.solve_pnp_opencv(host["ctrl_obj"][i], host["votes"][i],
-                                                     host["vote_valid"][i], b["K"][i])
-      rows = {
-          "pred_joints": o["joints3d"][i], "pred_verts": o["verts3d"][i], "gt_joints": o["gt_joints3d"][i],
-          "gt_verts": o["gt_verts3d"][i], "rot_gt": b["obj_rot"][i], "t_gt": b["obj_trans"][i],
-          "rot_cv": rot_cv, "t_cv": trans_cv, "ok_cv": ok_cv, "rot_dev": host["rot_d"][i],
-          "t_dev": host["trans_d"][i], "ok_dev": host["ok_d"][i], "points": b["obj_points3d"][i],
-          "K": b["K"][i], "group": names[int(b["obj_type"][i])],
-          "num_votes": int(host["vote_valid"][i].sum()),
-          "j2d_err_px": float(np.mean(np.linalg.norm(np.asarray(crop_lib.apply_affine(
-              crop_lib.invert_affine(o["affine"][i]), o["joints2d_pred"][i])) - b["joints2d"][i], axis=-1))),
-      }
-      for key, value in rows.items():
+      # Every frame's prediction (the submission needs them all, in the split's list order).
+      for key, value in (("all_joints", o["joints3d"][i]), ("all_verts", o["verts3d"][i]),
+                         ("all_root", o["gt_joints3d"][i][0]), ("all_index", int(b["index"][i]) if "index" in b
+                                                                else len(acc.get("all_index", ())))):
         acc.setdefault(key, []).append(value)
+      if has_hand[i]:
+        rows = {"pred_joints": o["joints3d"][i], "pred_verts": o["verts3d"][i], "gt_joints": o["gt_joints3d"][i],
+                "gt_verts": o["gt_verts3d"][i],
+                "j2d_err_px": float(np.mean(np.linalg.norm(np.asarray(crop_lib.apply_affine(
+                    crop_lib.invert_affine(o["affine"][i]), o["joints2d_pred"][i])) - b["joints2d"][i], axis=-1)))}
+        for key, value in rows.items():
+          acc.setdefault(key, []).append(value)
+      rot_cv, trans_cv = np.eye(3), np.array([0.0, 0.0, 1.0])
+      if has_obj[i]:
+        rot_cv, trans_cv, ok_cv = pnp.solve_pnp_opencv(host["ctrl_obj"][i], host["votes"][i],
+                                                       host["vote_valid"][i], b["K"][i])
+        rows = {"rot_gt": b["obj_rot"][i], "t_gt": b["obj_trans"][i], "rot_cv": rot_cv, "t_cv": trans_cv,
+                "ok_cv": ok_cv, "rot_dev": host["rot_d"][i], "t_dev": host["trans_d"][i], "ok_dev": host["ok_d"][i],
+                "points": b["obj_points3d"][i], "K": b["K"][i], "group": names[int(b["obj_type"][i])],
+                "num_votes": int(host["vote_valid"][i].sum())}
+        for key, value in rows.items():
+          acc.setdefault(key, []).append(value)
       if len(figures_in) < num_figures:
         fig = {k: np.asarray(v[i]) for k, v in o.items()}
         fig.update(rot_pred=rot_cv, t_pred=trans_cv, rot_gt=b["obj_rot"][i], t_gt=b["obj_trans"][i],
-                   ctrl_obj=host["ctrl_obj"][i], K_image=b["K"][i])
+                   ctrl_obj=host["ctrl_obj"][i], K_image=b["K"][i], has_object=bool(has_obj[i]),
+                   has_hand=bool(has_hand[i]))
         figures_in.append(fig)
     meter.advance(len(keep))
   meter.close()
   if not acc:
     raise jobs.JobInputError(f"split {split!r} of {builder.info.full_name} has no examples")
   stack = {k: (np.stack(v) if k != "group" else v) for k, v in acc.items()}
-  hand = ho3d.ho3d_hand_report(stack["pred_joints"], stack["pred_verts"], stack["gt_joints"], stack["gt_verts"])
-  hand["joints2d_error_px"] = float(np.mean(stack["j2d_err_px"]))
-  objects = {}
-  for solver in ("cv", "dev"):
-    objects[solver] = ho3d.object_pose_report(stack["rot_gt"], stack["t_gt"], stack[f"rot_{solver}"],
-                                              stack[f"t_{solver}"], list(stack["points"]), stack["K"],
-                                              stack["group"])
-    objects[solver]["pnp_ok_percent"] = 100.0 * float(np.mean(stack[f"ok_{solver}"]))
+  hand = objects = None
+  if "pred_joints" in stack:
+    hand = ho3d.ho3d_hand_report(stack["pred_joints"], stack["pred_verts"], stack["gt_joints"], stack["gt_verts"])
+    hand["joints2d_error_px"] = float(np.mean(stack["j2d_err_px"]))
+    hand["official"] = ho3d.official_scores(stack["pred_joints"], stack["pred_verts"], stack["gt_joints"],
+                                            stack["gt_verts"])
+  if "rot_gt" in stack:
+    objects = {}
+    for solver in ("cv", "dev"):
+      objects[solver] = ho3d.object_pose_report(stack["rot_gt"], stack["t_gt"], stack[f"rot_{solver}"],
+                                                stack[f"t_{solver}"], list(stack["points"]), stack["K"],
+                                                stack["group"])
+      objects[solver]["pnp_ok_percent"] = 100.0 * float(np.mean(stack[f"ok_{solver}"]))
+  order = np.argsort(stack["all_index"], kind="stable")
+  predictions = {"joints": stack["all_joints"][order], "verts": stack["all_verts"][order],
+                 "root": stack["all_root"][order], "index": stack["all_index"][order]}
   return {"label": label, "workdir": workdir, "step": int(step), "cr": config.model.cr, "hand": hand,
-          "objects": objects, "num_images": len(stack["group"]),
-          "mean_votes": float(np.mean(stack["num_votes"])), "figures": figures_in,
-          "faces": np.asarray(task.mano_model.faces)}
+          "objects": objects, "num_images": int(len(order)),
+          "num_hand_gt": int(len(stack.get("pred_joints", ()))), "num_object_gt": int(len(stack.get("group", ()))),
+          "mean_votes": float(np.mean(stack["num_votes"])) if "num_votes" in stack else float("nan"),
+          "figures": figures_in, "predictions": predictions, "faces": np.asarray(task.mano_model.faces)}
 
 
 def _parse_compare(spec: str) -> list[tuple[str, str]]:
@@ -281,12 +319,28 @@ def _parse_compare(spec: str) -> list[tuple[str, str]]:
   return rows
 
 
+def write_submission_files(out_dir: str, row: dict[str, Any], builder, split: str, settings) -> dict[str, Any]:
+  """HO-3D's pred.json / pred.zip from an evaluated row of the official evaluation split, checked by reading it
+  back (count = the split's frames = evaluation.txt's lines, shapes, OpenGL frame, order by the given roots)."""
+  from handobj_jax.evaluation import ho3d_submission  # pylint: disable=g-import-not-at-top
+  expected = builder.info.splits[split].num_examples
+  p = row["predictions"]
+  if settings.max_images or len(p["index"]) != expected or not np.array_equal(p["index"], np.arange(expected)):
+    raise jobs.JobInputError(f"a submission needs every frame of {builder.info.full_name}/{split} ({expected}); "
+                             f"this evaluation has {len(p['index'])} (config.eval.max_images="
+                             f"{settings.max_images}): rerun with config.eval.max_images=0")
+  json_path, zip_path = ho3d_submission.write_submission(out_dir, p["joints"], p["verts"])
+  summary = ho3d_submission.check_submission(zip_path, expected, roots_cv=p["root"])
+  return {"json": json_path, "zip": zip_path, **summary}
+
+
 def evaluate(config, workdir: str) -> dict[str, Any]:
   from handobj_jax.jobs import evaluate as cohesiv_eval_job  # pylint: disable=g-import-not-at-top
   from handobj_jax.evaluation import pose_figures  # pylint: disable=g-import-not-at-top
 
   s = config.eval
-  builder = _open(config)
+  data = eval_data(config)
+  builder = _open(config, data, splits=(s.split,))
   rows = [evaluate_workdir(config, workdir, builder, s.split, s, int(s.num_figures),
                            label=s.label or f"this run (CR {config.model.cr})")]
   for label, other in _parse_compare(s.compare):
@@ -295,15 +349,29 @@ def evaluate(config, workdir: str) -> dict[str, Any]:
       raise jobs.JobInputError(f"config.eval.compare row {label!r}: {other}'s config.data differs from this "
                                "run's; rows must be evaluated on the same split")
     rows.append(evaluate_workdir(other_config, other, builder, s.split, s, 0, label=label))
-  out_dir = os.path.join(workdir, EVAL_DIR)
+  out_dir = os.path.join(workdir, EVAL_DIR if not s.get("dataset") else f"{EVAL_DIR}_{s.dataset}")
+  submission = None
+  if data.name == "ho3d" and s.split == "evaluation" and jax.process_index() == 0:
+    submission = write_submission_files(out_dir, rows[0], builder, s.split, s)
   report = pose_eval.make_report(rows, dataset=builder.info.full_name, split=s.split, settings=s)
+  if submission is not None:
+    report["submission"] = {k: v for k, v in submission.items() if k != "path"}
   md_path, json_path = pose_eval.write_report(out_dir, report)
+  written = [md_path, json_path]
+  if rows[0]["hand"] is not None and jax.process_index() == 0:  # The official evaluation's own file.
+    from handobj_jax import fileio  # pylint: disable=g-import-not-at-top
+    written.append(fileio.write_text_atomic(os.path.join(out_dir, "scores.txt"),
+                                            ho3d.scores_txt(rows[0]["hand"]["official"])))
   fig_paths = []
   if jax.process_index() == 0:
     fig_paths = pose_figures.write_eval_figures(os.path.join(out_dir, "figures"), rows[0]["figures"],
                                                 rows[0]["faces"])
   with open(md_path) as f:
     console.say(f.read().rstrip())
-  console.say(f"wrote {md_path}, {json_path} and {len(fig_paths)} figures in {os.path.join(out_dir, 'figures')}")
+  if submission is not None:
+    console.say(f"wrote the HO-3D submission {submission['zip']} ({submission['count']} frames, checked: shapes, "
+                "OpenGL frame, evaluation.txt order); upload it to the HO-3D CodaLab challenge of your version")
+  console.say(f"wrote {', '.join(written)} and {len(fig_paths)} figures in {os.path.join(out_dir, 'figures')}")
   logging.info("pose eval report: %s", json.dumps(report)[:2000])
-  return {"report": report, "report_md": md_path, "report_json": json_path, "figures": fig_paths}
+  return {"report": report, "report_md": md_path, "report_json": json_path, "figures": fig_paths,
+          "submission": submission, "out_dir": out_dir}

@@ -4,8 +4,11 @@ Batch (global, sharded on B), one labelled frame per example, as `input_pipeline
   image [B, H, W, 3] uint8; K [B, 3, 3]; joints3d [B, 21, 3], verts3d [B, 778, 3] metres, OpenCV camera
   frame; joints2d [B, 21, 2] pixels; mano_pose [B, 48] axis-angle (flat-hand-mean convention), mano_betas
   [B, 10]; obj_rot [B, 3, 3], obj_trans [B, 3]; obj_ctrl3d / obj_ctrl2d [B, 21, 3 / 2]; hand_box, obj_box
-  [B, 4] pixels; obj_mask [B, H, W] bool; obj_type [B] int; optional `_mask` [B] (evaluation padding) and
-  `object_weight` [B] (the B of Eq. 8: 0 on pseudo-labelled examples, which have no object labels).
+  [B, 4] pixels; obj_mask [B, H, W] bool; obj_type [B] int; optional `_mask` [B] (evaluation padding),
+  `object_weight` [B] (the B of Eq. 8: 0 on pseudo-labelled examples, which have no object labels) and
+  `has_hand_gt` [B] bool (False: no hand mesh, e.g. HO-3D's evaluation split; the given `hand_box` scaled by
+  `data.hand_box_scale` is the hand RoI then, as in the released code's test protocol, and `joints3d[:, 0]`
+  holds the given root joint).
 
 Crop (in the jitted step, `prepare`): the square around the union of the hand and object boxes, scaled by
 `config.data.crop_scale`, resized to `config.model.image_size`. Training augments it (Sec. 6.1): scale
@@ -144,6 +147,11 @@ def prepare(batch: Batch, data_config, augment_config, image_size: int, roi_size
   ctrl2d = crop_lib.apply_affine(affine, batch["obj_ctrl2d"].astype(jnp.float32))
   verts2d = crop_lib.apply_affine(affine, project(k_img, verts3d))
   hand_box = crop_lib.scale_boxes(crop_lib.boxes_of(verts2d), float(data_config.hand_box_scale))
+  if "has_hand_gt" in batch:  # Frames without a hand mesh (HO-3D's evaluation split): the given box.
+    corners = jnp.stack([hand_box0[:, [0, 1]], hand_box0[:, [2, 1]], hand_box0[:, [0, 3]], hand_box0[:, [2, 3]]], 1)
+    given = crop_lib.scale_boxes(crop_lib.boxes_of(crop_lib.apply_affine(affine, corners)),
+                                 float(data_config.hand_box_scale))
+    hand_box = jnp.where(batch["has_hand_gt"].astype(bool)[:, None], hand_box, given)
   obj_box = crop_lib.boxes_of(ctrl2d)
 
   root = joints3d[:, :1]
