@@ -5,6 +5,9 @@
 `ascii`, `binary_little_endian` and `binary_big_endian`, any scalar property types, other properties of the
 vertex element (normals, colours, ...) and other elements (faces, edges, with list properties) are read past
 and ignored. Problems are a `MeshFileError` (a ValueError) whose one-line message names the file.
+
+`model_point_subset(verts, num)` picks a fixed number of an object model's points (its extreme points first, so
+the subset's bounding box, control points and diameter are the model's).
 """
 from __future__ import annotations
 
@@ -159,3 +162,13 @@ def write_ply(path: str, verts: np.ndarray, faces: np.ndarray | None = None, bin
     else:
       f.write("".join(f"{x!r} {y!r} {z!r}\n" for x, y, z in verts.tolist()).encode("ascii"))
       f.write("".join(f"3 {a} {b} {c}\n" for a, b, c in faces.tolist()).encode("ascii"))
+
+
+def model_point_subset(verts: np.ndarray, num: int) -> np.ndarray:
+  """[num, 3] deterministic subset of the model vertices [V, 3]: the (up to 6) vertices with the smallest /
+  largest x, y, z, then those at indices floor(i V / m), i < m = num - #extremes (evenly spaced; repeated
+  when V < m)."""
+  extremes = list(dict.fromkeys(int(i) for i in np.concatenate([verts.argmin(0), verts.argmax(0)])))[:num]
+  m = num - len(extremes)
+  rest = (np.arange(m, dtype=np.int64) * len(verts)) // max(m, 1)
+  return verts[np.concatenate([np.asarray(extremes, np.int64), rest])]

@@ -170,16 +170,6 @@ def object_to_camera(obj_to_world: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   return rot, trans
 
 
-def model_point_subset(verts: np.ndarray, num: int) -> np.ndarray:
-  """[num, 3] deterministic subset of the model vertices [V, 3]: the (up to 6) vertices with the smallest /
-  largest x, y, z, then those at indices floor(i V / m), i < m = num - #extremes (evenly spaced; repeated
-  when V < m)."""
-  extremes = list(dict.fromkeys(int(i) for i in np.concatenate([verts.argmin(0), verts.argmax(0)])))[:num]
-  m = num - len(extremes)
-  rest = (np.arange(m, dtype=np.int64) * len(verts)) // max(m, 1)
-  return verts[np.concatenate([np.asarray(extremes, np.int64), rest])]
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Annotation files.
 
@@ -445,7 +435,7 @@ class Fpha(pipeline.ReportingBuilder, tfds.core.GeneratorBasedBuilder):
     project = lambda p: rasterizer.project_points(p, k)
     for s in seqs:
       model_verts = models[s.object_name]
-      points = model_point_subset(model_verts, c.num_model_points)
+      points = mesh_files.model_point_subset(model_verts, c.num_model_points)
       ctrl = synthetic_3d.control_points(model_verts)
       diameter = synthetic_3d.bbox_diameter(model_verts)
       joints = np.stack([world_mm_to_camera_m(s.skeletons[f][list(FPHA_TO_HO3D)]) for f in s.frames])

@@ -29,7 +29,8 @@ model file).
 
 Objects: the 21 control points are those of the axis-aligned box of all model points
 (`synthetic_3d.control_points`), the diameter that box's diagonal (the ADD-0.1D threshold); `obj_points3d` keeps
-`num_model_points` of them (evenly spaced in file order) for ADD and REP-5. `obj_mask` is the filled convex hull
+`num_model_points` of them (`mesh_files.model_point_subset`: the extreme points, then evenly spaced in file order)
+for ADD and REP-5. `obj_mask` is the filled convex hull
 of the projected model points: HO-3D ships no object masks, so the hand's occlusion is not removed.
 
 Splits: `train`, `validation` and `test` are disjoint sets of whole train sequences (by default sorted sequence
@@ -58,6 +59,7 @@ from absl import logging
 
 from handobj_jax import fileio
 from handobj_jax.geometry import camera_frames
+from input_pipeline import mesh_files
 from input_pipeline import pipeline
 from input_pipeline import rasterizer
 from input_pipeline import synthetic_3d
@@ -220,12 +222,6 @@ def load_object_models(models_dir: str, names: Sequence[str]) -> dict[str, np.nd
   return out
 
 
-def subsample_points(points: np.ndarray, num: int) -> np.ndarray:
-  """`num` points evenly spaced in file order (repeating points when the model has fewer)."""
-  idx = np.floor(np.arange(num) * (len(points) / num)).astype(np.int64)
-  return points[np.clip(idx, 0, len(points) - 1)]
-
-
 def split_sequences(sequences: Sequence[str], config: Ho3dConfig) -> dict[str, list[str]]:
   """Train sequences -> {'train', 'validation', 'test'} (module docstring)."""
   seqs = sorted(set(sequences))
@@ -280,7 +276,7 @@ def _object_fields(meta: dict[str, Any], models: dict[str, np.ndarray], k: np.nd
   ctrl3d = ctrl @ rot.T + trans
   ctrl2d = rasterizer.project_points(ctrl3d, k)
   return {"obj_rot": rot, "obj_trans": trans, "obj_ctrl3d": ctrl3d, "obj_ctrl2d": ctrl2d,
-          "obj_box": rasterizer.box_of(ctrl2d), "obj_points3d": subsample_points(pts, num_points),
+          "obj_box": rasterizer.box_of(ctrl2d), "obj_points3d": mesh_files.model_point_subset(pts, num_points),
           "obj_diameter": np.float32(synthetic_3d.bbox_diameter(pts)), "obj_type": meta["objName"],
           "obj_mask": rasterizer.convex_hull_mask(rasterizer.project_points(pts @ rot.T + trans, k), *hw)}
 

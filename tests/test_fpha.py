@@ -269,7 +269,7 @@ def test_conventions_helpers():
   # Model subsets keep the model's box, whatever P is.
   verts = np.random.default_rng(0).normal(size=(50, 3))
   for p in (6, 20, 50, 200):
-    sub = fpha.model_point_subset(verts, p)
+    sub = mesh_files.model_point_subset(verts, p)
     assert sub.shape == (p, 3)
     np.testing.assert_array_equal(sub.min(0), verts.min(0))
     np.testing.assert_array_equal(sub.max(0), verts.max(0))
