@@ -304,3 +304,60 @@ def prepare(make_builder: Callable[[], tfds.core.DatasetBuilder], directory: str
     builder.download_and_prepare(download_config=download_config)
   check_files(builder, rebuild)
   return builder
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Feature and build helpers shared by the builders.
+
+
+def float_tensor(shape) -> tfds.features.Tensor:
+  """A float32 TFDS tensor feature."""
+  return tfds.features.Tensor(shape=tuple(shape), dtype=np.float32)
+
+
+def bool_mask(shape) -> tfds.features.Tensor:
+  """A bool TFDS tensor feature stored zlib-compressed (masks)."""
+  return tfds.features.Tensor(shape=tuple(shape), dtype=np.bool_, encoding=tfds.features.Encoding.ZLIB)
+
+
+METADATA_FILE = "metadata.json"
+
+
+def recorded_metadata(directory: str, key: str) -> Any:
+  """A value a prepared build recorded in its metadata.json (None when absent or unreadable)."""
+  try:
+    with open(os.path.join(directory, METADATA_FILE)) as f:
+      return json.load(f).get(key)
+  except (OSError, ValueError, AttributeError):
+    return None
+
+
+def prepare_manual(cls, data_dir: str, manual_dir: str, config: Any, what: str,
+                   recorded: tuple[str, str, str] | None = None, **builder_kwargs) -> tfds.core.DatasetBuilder:
+  """`prepare` for a builder read from a user's download in `manual_dir` (one-line errors naming the config key).
+
+  Args:
+    cls: the builder class; config: a BuilderConfig or the name of one of cls.BUILDER_CONFIGS.
+    what: the dataset's name in messages ('HO-3D'); the builder's module docstring describes the layout.
+    recorded: optional (metadata key, wanted value, what it is): a build recorded with another value (e.g. made
+      with a different MANO file) is refused, naming the directory to delete.
+    builder_kwargs: passed to the builder's constructor.
+  """
+  if isinstance(config, str):
+    known = [c.name for c in cls.BUILDER_CONFIGS]
+    if config not in known:
+      raise DataError(f"unknown config.data.builder_config {config!r} for {cls.name}; choose one of {known}")
+  if not manual_dir or not os.path.isdir(manual_dir):
+    raise DataError(f"config.data.manual_dir={manual_dir!r} is not a directory: point it at the {what} download "
+                    f"(its layout: input_pipeline/tfds_{cls.name}.py)")
+  name = config if isinstance(config, str) else config.name
+  directory = os.path.join(data_dir, cls.name, name, str(cls.VERSION))
+  if recorded is not None:
+    key, wanted, label = recorded
+    found = recorded_metadata(directory, key)
+    if found is not None and found != wanted:
+      raise DataError(f"{directory} was built with {label} {found!r}, not {wanted!r}; delete it and rerun to "
+                      "rebuild it")
+  return prepare(lambda: cls(data_dir=data_dir, config=config, **builder_kwargs), directory,
+                 f"delete {directory} and rerun: it is rebuilt from {manual_dir}",
+                 download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))

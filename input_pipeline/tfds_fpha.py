@@ -66,8 +66,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
-import json
 import os
 from typing import Any, Iterator
 
@@ -99,8 +97,6 @@ OBJECT_NAMES = ("juice_bottle", "liquid_soap", "milk", "salt")
 MODEL_NAMES = {"juice_bottle": "juice", "liquid_soap": "liquid_soap", "milk": "milk", "salt": "salt"}
 FIT_TIP_IDS = mano_lib.ALT_TIP_IDS
 SPLIT_FILE = "data_split_action_recognition.txt"
-SYNTHETIC_MANO = "synthetic"
-_METADATA_FILE = "metadata.json"
 
 
 @dataclasses.dataclass
@@ -336,18 +332,7 @@ def read_frame(path: str, height: int, width: int) -> np.ndarray:
 
 
 def mano_identity(mano_path: str | None) -> str:
-  """'synthetic', or '<file name> sha1:<first 16 hex digits>' of the MANO file (recorded with a build)."""
-  if mano_path is None:
-    return SYNTHETIC_MANO
-  path = os.fspath(mano_path)
-  if os.path.isdir(path):
-    path = os.path.join(path, "MANO_RIGHT.pkl")
-  try:
-    with open(path, "rb") as f:
-      digest = hashlib.sha1(f.read()).hexdigest()[:16]
-  except OSError:
-    return os.path.basename(path)  # load_mano reports the missing file.
-  return f"{os.path.basename(path)} sha1:{digest}"
+  return mano_lib.model_identity(mano_path)
 
 
 @functools.lru_cache(maxsize=2)
@@ -356,10 +341,6 @@ def _mano_model(mano_path: str | None, identity: str) -> mano_lib.ManoModel:
   changed file is loaded again)."""
   del identity
   return mano_lib.load_mano(mano_path, "right")
-
-
-def _f32(shape) -> tfds.features.Tensor:
-  return tfds.features.Tensor(shape=tuple(shape), dtype=np.float32)
 
 
 class Fpha(pipeline.ReportingBuilder, tfds.core.GeneratorBasedBuilder):
@@ -381,24 +362,24 @@ class Fpha(pipeline.ReportingBuilder, tfds.core.GeneratorBasedBuilder):
     p = c.num_model_points
     features = {
         "image": tfds.features.Image(shape=(h, w, 3)),
-        "K": _f32((3, 3)),
-        "joints3d": _f32((21, 3)),
-        "joints2d": _f32((21, 2)),
-        "verts3d": _f32((778, 3)),
-        "mano_pose": _f32((48,)),
-        "mano_betas": _f32((10,)),
-        "mano_trans": _f32((3,)),
-        "mano_fit_error_mm": _f32(()),
-        "hand_box": _f32((4,)),
-        "obj_rot": _f32((3, 3)),
-        "obj_trans": _f32((3,)),
-        "obj_points3d": _f32((p, 3)),
-        "obj_ctrl3d": _f32((21, 3)),
-        "obj_ctrl2d": _f32((21, 2)),
-        "obj_box": _f32((4,)),
-        "obj_diameter": _f32(()),
+        "K": pipeline.float_tensor((3, 3)),
+        "joints3d": pipeline.float_tensor((21, 3)),
+        "joints2d": pipeline.float_tensor((21, 2)),
+        "verts3d": pipeline.float_tensor((778, 3)),
+        "mano_pose": pipeline.float_tensor((48,)),
+        "mano_betas": pipeline.float_tensor((10,)),
+        "mano_trans": pipeline.float_tensor((3,)),
+        "mano_fit_error_mm": pipeline.float_tensor(()),
+        "hand_box": pipeline.float_tensor((4,)),
+        "obj_rot": pipeline.float_tensor((3, 3)),
+        "obj_trans": pipeline.float_tensor((3,)),
+        "obj_points3d": pipeline.float_tensor((p, 3)),
+        "obj_ctrl3d": pipeline.float_tensor((21, 3)),
+        "obj_ctrl2d": pipeline.float_tensor((21, 2)),
+        "obj_box": pipeline.float_tensor((4,)),
+        "obj_diameter": pipeline.float_tensor(()),
         "obj_type": tfds.features.ClassLabel(names=OBJECT_NAMES),
-        "obj_mask": tfds.features.Tensor(shape=(h, w), dtype=np.bool_, encoding=tfds.features.Encoding.ZLIB),
+        "obj_mask": pipeline.bool_mask((h, w)),
         "subject": tfds.features.Text(),
         "action": tfds.features.Text(),
         "sequence": tfds.features.Text(),
@@ -477,30 +458,10 @@ def _in_front(points: np.ndarray) -> np.ndarray:
   return points[points[:, 2] > 1e-6]
 
 
-def _recorded_mano(directory: str) -> str | None:
-  try:
-    with open(os.path.join(directory, _METADATA_FILE)) as f:
-      return json.load(f).get("mano_model")
-  except (OSError, ValueError, AttributeError):
-    return None
-
-
 def build(data_dir: str, manual_dir: str, config_name: str = "default",
           mano_path: str | None = None) -> tfds.core.DatasetBuilder:
   """Builds (if needed) `fpha/<config_name>` under `data_dir` from the FPHA download in `manual_dir`, fitting
-  MANO with the model `mano_path` (None: the synthetic model; see `mano.load_mano`)."""
-  known = [c.name for c in Fpha.BUILDER_CONFIGS]
-  if config_name not in known:
-    raise pipeline.DataError(f"unknown config.data.builder_config {config_name!r} for fpha; choose one of "
-                             f"{known}")
-  if not manual_dir or not os.path.isdir(manual_dir):
-    raise pipeline.DataError(f"config.data.manual_dir={manual_dir!r} is not a directory: point it at the FPHA "
-                             "download (see input_pipeline/tfds_fpha.py)")
-  directory = os.path.join(data_dir, Fpha.name, config_name, str(Fpha.VERSION))
-  wanted, recorded = mano_identity(mano_path), _recorded_mano(directory)
-  if recorded is not None and recorded != wanted:
-    raise pipeline.DataError(f"{directory} was built with the MANO model {recorded!r}, not {wanted!r} "
-                             f"({mano_lib.MANO_CONFIG_KEY}); delete it and rerun to rebuild it")
-  return pipeline.prepare(lambda: Fpha(data_dir=data_dir, config=config_name, mano_path=mano_path), directory,
-                          f"delete {directory} and rerun: it is rebuilt from {manual_dir}",
-                          download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+  MANO with the model `mano_path` (None: the synthetic model; see `mano.load_mano`). A build made with another
+  MANO file is refused."""
+  return pipeline.prepare_manual(Fpha, data_dir, manual_dir, config_name, "FPHA",
+                                 recorded=("mano_model", mano_identity(mano_path), f"the MANO model ({mano_lib.MANO_CONFIG_KEY})"), mano_path=mano_path)

@@ -145,10 +145,6 @@ def read_image(path: str, image_size: int) -> np.ndarray:
   return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
-def _f32(shape) -> tfds.features.Tensor:
-  return tfds.features.Tensor(shape=tuple(shape), dtype=np.float32)
-
-
 class Freihand(pipeline.ReportingBuilder, tfds.core.GeneratorBasedBuilder):
   """FreiHAND evaluation images with their released annotations (module docstring)."""
 
@@ -162,13 +158,13 @@ class Freihand(pipeline.ReportingBuilder, tfds.core.GeneratorBasedBuilder):
     s = self.builder_config.image_size
     return self.dataset_info_from_configs(features=tfds.features.FeaturesDict({
         "image": tfds.features.Image(shape=(s, s, 3)),
-        "K": _f32((3, 3)),
-        "joints3d": _f32((21, 3)),
-        "joints2d": _f32((21, 2)),
-        "verts3d": _f32((778, 3)),
-        "mano_pose": _f32((48,)),
-        "mano_betas": _f32((10,)),
-        "hand_box": _f32((4,)),
+        "K": pipeline.float_tensor((3, 3)),
+        "joints3d": pipeline.float_tensor((21, 3)),
+        "joints2d": pipeline.float_tensor((21, 2)),
+        "verts3d": pipeline.float_tensor((778, 3)),
+        "mano_pose": pipeline.float_tensor((48,)),
+        "mano_betas": pipeline.float_tensor((10,)),
+        "hand_box": pipeline.float_tensor((4,)),
         "index": tfds.features.Tensor(shape=(), dtype=np.int64),
     }), description=__doc__.splitlines()[0])
 
@@ -208,14 +204,4 @@ class Freihand(pipeline.ReportingBuilder, tfds.core.GeneratorBasedBuilder):
 
 def build(data_dir: str, manual_dir: str, config_name: str = "default") -> tfds.core.DatasetBuilder:
   """Builds (if needed) `freihand/<config_name>` under `data_dir` from the FreiHAND download in `manual_dir`."""
-  known = [c.name for c in Freihand.BUILDER_CONFIGS]
-  if config_name not in known:
-    raise pipeline.DataError(f"unknown config.data.builder_config {config_name!r} for freihand; choose one of "
-                             f"{known}")
-  if not manual_dir or not os.path.isdir(manual_dir):
-    raise pipeline.DataError(f"config.data.manual_dir={manual_dir!r} is not a directory: point it at the "
-                             "FreiHAND evaluation download (see input_pipeline/tfds_freihand.py)")
-  directory = os.path.join(data_dir, Freihand.name, config_name, str(Freihand.VERSION))
-  return pipeline.prepare(lambda: Freihand(data_dir=data_dir, config=config_name), directory,
-                          f"delete {directory} and rerun: it is rebuilt from {manual_dir}",
-                          download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+  return pipeline.prepare_manual(Freihand, data_dir, manual_dir, config_name, "FreiHAND evaluation")

@@ -59,6 +59,7 @@ from absl import logging
 
 from handobj_jax import fileio
 from handobj_jax.geometry import camera_frames
+from handobj_jax.models import mano as mano_lib
 from input_pipeline import mesh_files
 from input_pipeline import pipeline
 from input_pipeline import rasterizer
@@ -244,7 +245,6 @@ class Ho3dMano:
 
   def __init__(self, model_path: str | None):
     import jax  # pylint: disable=g-import-not-at-top
-    from handobj_jax.models import mano as mano_lib  # pylint: disable=g-import-not-at-top
     self.model = mano_lib.load_mano(model_path or None, "right")
     model = self.model
 
@@ -355,10 +355,6 @@ def read_eval_ground_truth(root: str, count: int) -> tuple[np.ndarray, np.ndarra
 # The builder.
 
 
-def _f32(shape) -> tfds.features.Tensor:
-  return tfds.features.Tensor(shape=tuple(shape), dtype=np.float32)
-
-
 class Ho3d(pipeline.ReportingBuilder, tfds.core.GeneratorBasedBuilder):
   """HO-3D frames in the project's conventions (module docstring)."""
 
@@ -377,17 +373,18 @@ class Ho3d(pipeline.ReportingBuilder, tfds.core.GeneratorBasedBuilder):
     p = self.builder_config.num_model_points
     return self.dataset_info_from_configs(features=tfds.features.FeaturesDict({
         "image": tfds.features.Image(shape=(h, w, 3), encoding_format="jpeg"),
-        "K": _f32((3, 3)), "joints3d": _f32((21, 3)), "joints2d": _f32((21, 2)), "verts3d": _f32((778, 3)),
-        "mano_pose": _f32((48,)), "mano_betas": _f32((10,)), "mano_trans": _f32((3,)), "root3d": _f32((3,)),
-        "hand_box": _f32((4,)), "obj_rot": _f32((3, 3)), "obj_trans": _f32((3,)), "obj_ctrl3d": _f32((21, 3)),
-        "obj_ctrl2d": _f32((21, 2)), "obj_box": _f32((4,)), "obj_points3d": _f32((p, 3)),
-        "obj_diameter": _f32(()), "obj_type": tfds.features.ClassLabel(names=OBJECTS),
-        "obj_mask": tfds.features.Tensor(shape=(h, w), dtype=np.bool_, encoding=tfds.features.Encoding.ZLIB),
+        "K": pipeline.float_tensor((3, 3)), "joints3d": pipeline.float_tensor((21, 3)), "joints2d": pipeline.float_tensor((21, 2)), "verts3d": pipeline.float_tensor((778, 3)),
+        "mano_pose": pipeline.float_tensor((48,)), "mano_betas": pipeline.float_tensor((10,)), "mano_trans": pipeline.float_tensor((3,)), "root3d": pipeline.float_tensor((3,)),
+        "hand_box": pipeline.float_tensor((4,)), "obj_rot": pipeline.float_tensor((3, 3)), "obj_trans": pipeline.float_tensor((3,)), "obj_ctrl3d": pipeline.float_tensor((21, 3)),
+        "obj_ctrl2d": pipeline.float_tensor((21, 2)), "obj_box": pipeline.float_tensor((4,)), "obj_points3d": pipeline.float_tensor((p, 3)),
+        "obj_diameter": pipeline.float_tensor(()), "obj_type": tfds.features.ClassLabel(names=OBJECTS),
+        "obj_mask": pipeline.bool_mask((h, w)),
         "has_hand_gt": tfds.features.Tensor(shape=(), dtype=np.bool_),
         "has_object_gt": tfds.features.Tensor(shape=(), dtype=np.bool_),
-        "mano_joint_gap_mm": _f32(()), "sequence": tfds.features.Text(), "frame": tfds.features.Text(),
+        "mano_joint_gap_mm": pipeline.float_tensor(()), "sequence": tfds.features.Text(), "frame": tfds.features.Text(),
         "index": tfds.features.Tensor(shape=(), dtype=np.int64),
-    }), description=__doc__.splitlines()[0])
+    }), description=__doc__.splitlines()[0], metadata=tfds.core.MetadataDict(
+        mano_model=mano_lib.model_identity(self._mano_path)))
 
   def _split_generators(self, dl_manager):
     root = dl_manager.manual_dir
@@ -457,14 +454,10 @@ def build(data_dir: str, manual_dir: str, version: str = "v3", *, every: int = 1
           mano_path: str | None = None) -> tfds.core.DatasetBuilder:
   """Builds (first use) or opens `ho3d/<config>` under `data_dir` from the download in `manual_dir`."""
   config = make_config(version, every, num_model_points, validation_sequences, test_sequences)
-  if not manual_dir or not os.path.isdir(manual_dir):
-    raise pipeline.DataError(f"config.data.manual_dir={manual_dir!r} is not a directory: point it at the HO-3D "
-                             "download (the folder holding train/ and evaluation/; see input_pipeline/tfds_ho3d.py)")
-  directory = os.path.join(data_dir, Ho3d.name, config.name, str(Ho3d.VERSION))
-  return pipeline.prepare(
-      lambda: Ho3d(data_dir=data_dir, config=config, models_dir=models_dir, mano_path=mano_path), directory,
-      f"delete {directory} and rerun: it is rebuilt from {manual_dir}",
-      download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+  return pipeline.prepare_manual(Ho3d, data_dir, manual_dir, config, "HO-3D",
+                                 recorded=("mano_model", mano_lib.model_identity(mano_path),
+                                           f"the MANO model ({mano_lib.MANO_CONFIG_KEY})"), models_dir=models_dir,
+                                 mano_path=mano_path)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -93,13 +93,8 @@ def _seed(config, split: str, index: int) -> int:
   return config.seed * 10**7 + _SPLIT_SEED[split] * 10**6 + index
 
 
-def _f32(shape) -> tfds.features.Tensor:
-  return tfds.features.Tensor(shape=tuple(shape), dtype=np.float32)
-
-
-def _mask(shape) -> tfds.features.Tensor:
-  return tfds.features.Tensor(shape=tuple(shape), dtype=np.bool_,
-                              encoding=tfds.features.Encoding.ZLIB)
+_f32 = pipeline.float_tensor
+_mask = pipeline.bool_mask
 
 
 def _frame_label_features(p: int, t: tuple[int, ...] = ()) -> dict:

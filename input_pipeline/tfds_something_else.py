@@ -252,17 +252,7 @@ class SomethingElse(pipeline.ReportingBuilder, tfds.core.GeneratorBasedBuilder):
 
 
 def build(data_dir: str, manual_dir: str, config_name: str = "default") -> tfds.core.DatasetBuilder:
-  known = [c.name for c in SomethingElse.BUILDER_CONFIGS]
-  if config_name not in known:
-    raise pipeline.DataError(f"unknown config.data.builder_config {config_name!r} for something_else; choose "
-                             f"one of {known}")
-  if not manual_dir or not os.path.isdir(manual_dir):
-    raise pipeline.DataError(f"config.data.manual_dir={manual_dir!r} is not a directory: point it at the "
-                             "Something-Else download (see input_pipeline/tfds_something_else.py)")
-  if not glob.glob(os.path.join(manual_dir, "annotations", "*.json")):
+  if manual_dir and os.path.isdir(manual_dir) and not glob.glob(os.path.join(manual_dir, "annotations", "*.json")):
     raise pipeline.DataError(f"no Something-Else box annotations: {os.path.join(manual_dir, 'annotations')}/*.json "
                              "is empty or missing (config.data.manual_dir)")
-  directory = os.path.join(data_dir, SomethingElse.name, config_name, str(SomethingElse.VERSION))
-  return pipeline.prepare(lambda: SomethingElse(data_dir=data_dir, config=config_name), directory,
-                         f"delete {directory} and rerun: it is rebuilt from {manual_dir}",
-                         download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+  return pipeline.prepare_manual(SomethingElse, data_dir, manual_dir, config_name, "Something-Else")

@@ -194,7 +194,7 @@ def test_builder_fields_splits_and_conventions(tree, tmp_path, capsys):
   # A second build with another MANO model must not reuse this one silently.
   other = tmp_path / "mano.npz"
   mano_lib.save_npz(model, str(other))
-  with pytest.raises(pipeline.DataError, match="built with the MANO model 'synthetic'"):
+  with pytest.raises(pipeline.DataError, match=r"built with the MANO model \(config.mano.model_path\) 'synthetic'"):
     fpha.build(str(tmp_path / "data"), str(root), "tiny", mano_path=str(other))
   # Reopening with the same model reuses the build.
   again = fpha.build(str(tmp_path / "data"), str(root), "tiny")

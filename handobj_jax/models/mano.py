@@ -34,6 +34,7 @@ as a traced argument, e.g. ``jax.jit(functools.partial(mano_forward, model))``.
 from __future__ import annotations
 
 import functools
+import hashlib
 import io
 import os
 import pickle
@@ -468,6 +469,21 @@ def load_mano(path: str | None, side: str = "right") -> ManoModel:
     first = first.replace(f"{path}: ", "")
     raise ManoFileError(f"{path}: not a usable MANO model file ({type(e).__name__}: {first}); download it "
                         "again from the MANO website, or convert it with scripts/convert_mano.py") from e
+
+
+def model_identity(path: str | None, side: str = "right") -> str:
+  """'synthetic', or '<file name> sha1:<16 hex digits>' of a MANO file (builds record it: meshes depend on it)."""
+  if not path:
+    return "synthetic"
+  path = os.fspath(path)
+  if os.path.isdir(path):
+    path = os.path.join(path, f"MANO_{side.upper()}.pkl")
+  try:
+    with open(path, "rb") as f:
+      digest = hashlib.sha1(f.read()).hexdigest()[:16]
+  except OSError:
+    return os.path.basename(path)  # load_mano reports the missing file.
+  return f"{os.path.basename(path)} sha1:{digest}"
 
 
 def _load_file(path: str, side: str) -> ManoModel:
