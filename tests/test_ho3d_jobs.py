@@ -125,3 +125,27 @@ def test_synthetic_mano_is_refused_by_the_train_job(download, tmp_path):
   config = _config(download, tmp_path, **{"mano.model_path": ""})
   with pytest.raises(Exception, match="config.mano.model_path is empty"):
     jobs.get_job("pose_train")(config, str(tmp_path / "work"))
+
+
+@pytest.mark.slow
+def test_fpha_supervised_training_and_table7_report(download, tmp_path):
+  """`:fpha` (Appendix B): train on FPHA's train split, validate and evaluate on its test split."""
+  import pathlib  # pylint: disable=g-import-not-at-top
+  from tests import test_fpha  # pylint: disable=g-import-not-at-top
+  root = pathlib.Path(tmp_path) / "fpha"
+  test_fpha._write_tree(root, np.random.default_rng(2))  # pylint: disable=protected-access
+  config = handobj_pose.get_config("fpha_smoke")
+  config.data.manual_dir = str(root)
+  config.data.data_dir = str(tmp_path / "tfds")
+  os.makedirs(config.data.data_dir)
+  config.mano.model_path = download["mano"]
+  workdir = str(tmp_path / "work")
+  out = jobs.get_job("pose_train")(config, workdir)
+  assert out["fit"].step == 2 and np.isfinite(out["val_metrics"]["joint_err_mm"])
+  config.job = "pose_eval"
+  result = jobs.get_job("pose_eval")(config, workdir)
+  row = result["report"]["rows"][0]
+  assert row["num_images"] == 3 and row["objects"]["cv"]["num_frames"] == {"salt": 3}
+  assert np.isfinite(row["hand"]["joint_error_unaligned_mm"])
+  assert np.isfinite(row["objects"]["cv"]["add_mean_m"]["salt"])
+  assert "ADD mean mm" in open(result["report_md"]).read()

@@ -53,8 +53,17 @@ from input_pipeline import pose_data
 EVAL_DIR = "pose_eval"
 
 
-def _open(config, data=None, splits=("train", "validation", "test")):
-  """The builder of `data` (default config.data), checked to have `splits`; HO-3D and FPHA get the MANO file."""
+def validation_split(config) -> str:
+  """The split validated on during training: 'validation', or config.data.validation_split (FPHA has none: the
+  published protocols train on its train split and report on test)."""
+  return config.data.get("validation_split", "") or "validation"
+
+
+def _open(config, data=None, splits=None):
+  """The builder of `data` (default config.data), checked to have `splits` (default: train, the validation split
+  and test); HO-3D and FPHA get the MANO file."""
+  if splits is None:
+    splits = ("train", validation_split(config), "test")
   builder = datasets.get_builder(data if data is not None else config.data, config.mano.get("model_path") or None)
   for split in splits:
     if split not in builder.info.splits:
@@ -171,7 +180,7 @@ def train(config, workdir: str) -> dict[str, Any]:
     return pipeline.global_batches(ds, mesh, source=_source(builder, "train"))
 
   def eval_batches():
-    return _eval_batches(builder, "validation", host_bs, mesh)
+    return _eval_batches(builder, validation_split(config), host_bs, mesh)
 
   console.say(f"training the hand-object pose network ({config.model.trunk} FPN, CR {config.model.cr!r}, "
               f"{config.model.image_size}x{config.model.image_size} crops) on {builder.info.full_name}: "
