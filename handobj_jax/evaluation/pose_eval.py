@@ -18,13 +18,14 @@ import numpy as np
 
 PROTOCOL = ("Test protocol (the released supervised code's): the hand box, the object box (projected "
             "control points) and the hand's root joint are taken from the ground truth (oracle boxes and "
-            "root); joints and vertices are the predicted root-relative ones plus the true root. Hand errors "
-            "are in mm; AUC over 0-50 mm; F-scores at 5 / 15 mm on Procrustes-aligned vertices; 2D px: the "
-            "mean distance of the network's 2D joints to the true ones, in image pixels. ADD-0.1D: % of frames "
-            "whose mean model-point distance is below 10% of the object's model-point box diagonal; REP-5: % "
-            "of frames whose mean reprojection error is below 5 px. Objects are grouped by shape. Metrics "
-            "computed in the OpenCV camera frame; every one of them is invariant to the OpenGL flip that "
-            "HO-3D submissions use.")
+            "root; on HO-3D's evaluation split, its given hand box and root); joints and vertices are the "
+            "predicted root-relative ones plus the true root. Hand errors are in mm; AUC over 0-50 mm; F-scores "
+            "at 5 / 15 mm on Procrustes-aligned vertices; 2D px: the mean distance of the network's 2D joints to "
+            "the true ones, in image pixels. ADD-0.1D: % of frames whose mean model-point distance is below 10% "
+            "of the object's model-point box diagonal; REP-5: % of frames whose mean reprojection error is below "
+            "5 px; ADD mean: the mean model-point distance. Objects are grouped by object (by shape in the "
+            "synthetic world). Metrics are computed in the OpenCV camera frame; every one of them is invariant "
+            "to the OpenGL flip that HO-3D submissions use.")
 
 HAND_COLUMNS = (("Joint", "joint_error_procrustes_mm", "{:.1f}"), ("Mesh", "mesh_error_procrustes_mm", "{:.1f}"),
                 ("F@5", "fscore_5mm", "pct"), ("F@15", "fscore_15mm", "pct"),
