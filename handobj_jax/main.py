@@ -107,7 +107,12 @@ def _maybe_initialize_distributed(mode: str) -> None:
     return
   if os.environ.get("SLURM_NTASKS") == "1" and mode == "auto":
     return
-  jax.distributed.initialize()
+  # A plain launch (e.g. several processes on one machine, see launch/): JAX reads the coordinator from
+  # $JAX_COORDINATOR_ADDRESS; the process count and id come from these two (JAX has no variables for them).
+  kwargs = {}
+  if os.environ.get("JAX_NUM_PROCESSES") and os.environ.get("JAX_PROCESS_ID"):
+    kwargs = {"num_processes": int(os.environ["JAX_NUM_PROCESSES"]), "process_id": int(os.environ["JAX_PROCESS_ID"])}
+  jax.distributed.initialize(**kwargs)
 
 
 def _check_workdir(workdir: str | None) -> str:

@@ -22,6 +22,13 @@ OpenCV's solvePnPRansac with EPnP on the host (the protocol's) and the batched d
 CR module's attention of object query cells over the hand-object intersection box).
 `config.eval.compare` ('LABEL=WORKDIR;...') adds rows for other trained workdirs (e.g. the CR ablation of
 Table 2), each evaluated with its own config.json on the same test split.
+
+Real data: with hand ground truth the report also lists the official HO-3D evaluation's numbers under their
+names, and `scores.txt` holds them in the official layout. On HO-3D's `evaluation` split (given hand box and
+root, no hand ground truth unless the released annotations are present) the job writes the CodaLab submission
+(`pred.json`, `pred.zip`) and checks it by reading it back (`evaluation.ho3d_submission`). `config.eval.dataset`
+evaluates on another dataset (FreiHAND, FPHA: Table 5); frames without an object get no object metrics. Outputs
+go to `<workdir>/pose_eval/` for the test split of the training data, else `pose_eval_<dataset>_<split>/`.
 """
 
 from __future__ import annotations
@@ -358,7 +365,9 @@ def evaluate(config, workdir: str) -> dict[str, Any]:
       raise jobs.JobInputError(f"config.eval.compare row {label!r}: {other}'s config.data differs from this "
                                "run's; rows must be evaluated on the same split")
     rows.append(evaluate_workdir(other_config, other, builder, s.split, s, 0, label=label))
-  out_dir = os.path.join(workdir, EVAL_DIR if not s.get("dataset") else f"{EVAL_DIR}_{s.dataset}")
+  # pose_eval/ for the test split of the training data; other datasets and splits get their own folder.
+  suffix = [x for x in (s.get("dataset", ""), "" if s.split == "test" else s.split) if x]
+  out_dir = os.path.join(workdir, "_".join([EVAL_DIR] + suffix))
   submission = None
   if data.name == "ho3d" and s.split == "evaluation" and jax.process_index() == 0:
     submission = write_submission_files(out_dir, rows[0], builder, s.split, s)
