@@ -29,6 +29,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from handobj_jax import console
 from handobj_jax import errors
+from handobj_jax import multihost
 from handobj_jax import preemption
 
 # tf.data must not grab an accelerator that JAX owns; TFDS progress bars stay off the user's terminal
@@ -146,13 +147,29 @@ def _add_mask(example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
   return {**example, MASK_KEY: tf.constant(True)}
 
 
+def eval_num_batches(builder: tfds.core.DatasetBuilder, split: str, host_batch_size: int) -> int:
+  """Batches every process runs over `split`: enough for the largest host shard. `tfds.split_for_jax_process`
+  gives shards whose sizes differ by one (e.g. 401 and 400), so a per-host count could differ by a batch and
+  leave one process waiting in a collective; padding every host to this count cannot."""
+  n = builder.info.splits[split].num_examples
+  per_host = -(-n // jax.process_count())
+  return -(-per_host // host_batch_size)
+
+
 def eval_dataset(ds: tf.data.Dataset, *, batch_size: int,
                  preprocess: Callable[[dict[str, tf.Tensor]], dict[str, tf.Tensor]] | None = None,
-                 prefetch: int = 2) -> tf.data.Dataset:
-  """One pass in order; the last batch is padded to `batch_size` with `_mask` False on the padding."""
+                 prefetch: int = 2, num_batches: int | None = None) -> tf.data.Dataset:
+  """One pass in order; the last batch is padded to `batch_size` with `_mask` False on the padding.
+
+  `num_batches` (from `eval_num_batches`; needed with several processes): exactly that many batches, the
+  missing ones all padding, so every process runs the same number of steps."""
   if preprocess is not None:
     ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   ds = ds.map(_add_mask)
+  if num_batches is not None:
+    padding = ds.take(1).map(lambda ex: tf.nest.map_structure(tf.zeros_like, ex)).repeat()
+    ds = ds.concatenate(padding).batch(batch_size, drop_remainder=True).take(num_batches)
+    return _deterministic(ds).prefetch(prefetch)
   # Append batch_size - 1 all-zero examples (mask False) and keep only full batches holding real data:
   # the ragged last batch is completed by padding, and leftover padding-only batches are dropped.
   padding = ds.take(1).map(lambda ex: tf.nest.map_structure(tf.zeros_like, ex)).repeat(batch_size - 1)
@@ -292,6 +309,12 @@ def prepare(make_builder: Callable[[], tfds.core.DatasetBuilder], directory: str
   A corrupt `dataset_info.json` or a damaged shard is a `DataError` naming the file, with `rebuild` (how to
   rebuild it) appended.
   """
+  # Several processes share one data dir: process 0 builds, the others wait and then open the build.
+  with multihost.main_process_first(f"prepare {directory}"):
+    return _prepare(make_builder, directory, rebuild, download_config)
+
+
+def _prepare(make_builder, directory: str, rebuild: str, download_config: Any) -> tfds.core.DatasetBuilder:
   try:
     builder = make_builder()
   except Exception as e:  # pylint: disable=broad-except  (protobuf/json/TFDS errors from dataset_info.json)

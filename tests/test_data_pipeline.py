@@ -101,3 +101,27 @@ def test_missing_split_and_data_dir_errors(tiny_builder, tmp_path):
     pipeline.resolve_data_dir(str(tmp_path / "missing"))
   with pytest.raises(pipeline.DataError, match="not divisible"):
     pipeline.host_batch_size(3)
+
+
+def test_eval_batches_agree_across_uneven_host_shards(monkeypatch):
+  """`tfds.split_for_jax_process` gives shards of e.g. 401 and 400 examples; without a common batch count the
+  hosts ran 51 and 50 eval steps and one waited forever in a collective. With `eval_num_batches` both run the
+  same number, the extra batch all padding (mask False)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  class FakeBuilder:
+    class info:  # pylint: disable=invalid-name
+      splits = {"validation": type("S", (), {"num_examples": 801})()}
+
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  steps = pipeline.eval_num_batches(FakeBuilder, "validation", 8)
+  assert steps == 51
+  counts, real = [], []
+  for n in (401, 400):  # The two hosts' shards.
+    ds = tf.data.Dataset.from_tensor_slices({"x": np.arange(n, dtype=np.float32)})
+    batches = list(pipeline.eval_dataset(ds, batch_size=8, num_batches=steps).as_numpy_iterator())
+    counts.append(len(batches))
+    real.append(int(sum(b[pipeline.MASK_KEY].sum() for b in batches)))
+    old = list(pipeline.eval_dataset(ds, batch_size=8).as_numpy_iterator())  # Per-host padding only.
+    assert len(old) == -(-n // 8)
+  assert counts == [51, 51] and real == [401, 400]

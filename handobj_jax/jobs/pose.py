@@ -103,7 +103,8 @@ def _eval_batches(builder, split: str, batch_size: int, mesh, fields=pose_data.T
       pose_data.select(fields, pose_data.OPTIONAL_FIELDS))
   if limit:
     ds = ds.take(limit)
-  return pipeline.global_batches(pipeline.eval_dataset(ds, batch_size=batch_size), mesh,
+  steps = None if limit else pipeline.eval_num_batches(builder, split, batch_size)
+  return pipeline.global_batches(pipeline.eval_dataset(ds, batch_size=batch_size, num_batches=steps), mesh,
                                  source=_source(builder, split))
 
 

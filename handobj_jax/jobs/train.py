@@ -30,6 +30,7 @@ import os
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import tensorflow as tf
 
@@ -176,7 +177,8 @@ def train_and_evaluate(config, workdir: str, builder) -> dict[str, Any]:
 
   def eval_batches(split: str = "validation"):
     ds = pipeline.load_split(builder, split).map(select_fields)
-    return pipeline.global_batches(pipeline.eval_dataset(ds, batch_size=host_bs), mesh,
+    steps = pipeline.eval_num_batches(builder, split, host_bs)
+    return pipeline.global_batches(pipeline.eval_dataset(ds, batch_size=host_bs, num_batches=steps), mesh,
                                    source=data_source(builder, split))
 
   example_batch = next(eval_batches())
@@ -229,6 +231,9 @@ def inference_stats(task: cohesiv_task.CohesivTask, state, mesh, batches, min_pi
   """Mean person / object / background embeddings over pseudo-label pixels (see the module docstring)."""
   replicated = pipeline.replicated_sharding(mesh)
   sums_fn = jax.jit(task.class_embedding_sums, out_shardings=replicated)
+  # The batch spans every process's devices: its real-image count is reduced on device and replicated, so
+  # every process reads the same number and stops after the same batch.
+  count_fn = jax.jit(lambda mask: jnp.sum(mask.astype(jnp.int32)), out_shardings=replicated)
   variables = {"params": state.params, "batch_stats": state.batch_stats}
   sums = counts = None
   images = 0
@@ -237,7 +242,7 @@ def inference_stats(task: cohesiv_task.CohesivTask, state, mesh, batches, min_pi
     out = jax.device_get(sums_fn(variables, batch))  # Blocks each step (see tests/conftest.py).
     sums = out["sums"].astype(np.float64) + (0 if sums is None else sums)
     counts = out["counts"].astype(np.float64) + (0 if counts is None else counts)
-    images += int(np.sum(np.asarray(jax.device_get(batch["_mask"]))))
+    images += int(jax.device_get(count_fn(batch["_mask"])))
     if images >= min_images and counts[0] >= min_pixels and counts[1] >= min_pixels:
       break
   if counts is None:
