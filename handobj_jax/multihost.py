@@ -8,6 +8,8 @@ no-op, so single-machine runs pay nothing.
   also orders device work).
 * `main_process_first(tag)`: process 0 runs the block (e.g. builds a dataset into a shared data dir), the others
   wait and then run it too (and find the work done). Every process must enter it, in the same order.
+* `any_process(flag)`: True on every process when any process's flag is True (e.g. a stop request that reached
+  one host: all hosts then save the same step and stop together).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import contextlib
 from typing import Iterator
 
 import jax
+import numpy as np
 
 
 def sync(tag: str) -> None:
@@ -38,3 +41,11 @@ def main_process_first(tag: str) -> Iterator[None]:
   finally:
     if jax.process_index() == 0:
       sync(tag)
+
+
+def any_process(flag: bool) -> bool:
+  """Whether `flag` is True on any process (the same answer on every process; no-op with one process)."""
+  if jax.process_count() == 1:
+    return bool(flag)
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return bool(np.any(multihost_utils.process_allgather(np.asarray([bool(flag)], np.int32))))

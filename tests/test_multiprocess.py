@@ -9,10 +9,13 @@ different step counts (see tests/test_data_pipeline.py).
 from __future__ import annotations
 
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
 import time
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -24,8 +27,10 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _launch(args: list[str], workdir: str, num: int = 2, timeout: float = 900.0) -> list[tuple[int, str]]:
-  """Runs `python -m handobj_jax.main ARGS` as `num` processes of one run; returns (exit code, output) each."""
+def _launch(args: list[str], workdir: str, num: int = 2, timeout: float = 900.0,
+            during: Callable[[list[subprocess.Popen], list[str]], None] | None = None) -> list[tuple[int, str]]:
+  """Runs `python -m handobj_jax.main ARGS` as `num` processes of one run; returns (exit code, output) each.
+  `during(procs, log_paths)`, if given, runs while they do (e.g. to signal one of them)."""
   port = _free_port()
   procs = []
   for i in range(num):
@@ -37,6 +42,8 @@ def _launch(args: list[str], workdir: str, num: int = 2, timeout: float = 900.0)
                                    env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL), log))
   deadline = time.time() + timeout
   try:
+    if during is not None:
+      during([p for p, _ in procs], [log.name for _, log in procs])
     for p, _ in procs:
       p.wait(timeout=max(1.0, deadline - time.time()))
   finally:
@@ -69,3 +76,48 @@ def test_two_processes_train_cohesiv_smoke_to_the_end(tmp_path):
   # The data were built once into the shared dir (no half-built or duplicate directories left).
   leftovers = [p for p in data.rglob("incomplete*")]
   assert not leftovers, leftovers
+
+
+def _wait_for(path: str, pattern: str, procs, timeout: float = 600.0) -> None:
+  deadline = time.time() + timeout
+  while True:
+    with open(path) as f:
+      if re.search(pattern, f.read()):
+        return
+    assert all(p.poll() is None for p in procs), f"a process ended before {pattern!r}"
+    assert time.time() < deadline, f"{pattern!r} not seen in {path} after {timeout:.0f} s"
+    time.sleep(0.2)
+
+
+@pytest.mark.slow
+def test_a_stop_request_to_one_process_stops_both_at_the_same_step_and_resumes_in_one(tmp_path):
+  """SIGTERM reaches process 1 only (as when a scheduler preempts one host): both processes save the same step
+  and exit 143; before the agreement, process 0 went on into the next step's collectives alone. The 2-process
+  checkpoint then restores in a single process (4 devices) that finishes the run."""
+  data = tmp_path / "data"
+  data.mkdir()
+  workdir = str(tmp_path / "work")
+  args = ["--config=configs/cohesiv.py:smoke", f"--config.data.data_dir={data}", "--config.batch_size=4",
+          "--config.num_steps=1000"]
+
+  def stop_process_1(procs, logs):
+    _wait_for(logs[0], r"train 3/1000", procs)
+    procs[1].send_signal(signal.SIGTERM)
+
+  results = _launch(args, workdir, during=stop_process_1)
+  assert [code for code, _ in results] == [143, 143], [text[-2000:] for _, text in results]
+  saved = re.search(r"stop requested: saved step (\d+)", results[0][1])
+  assert saved, results[0][1][-2000:]
+  step = int(saved.group(1))
+  assert 3 <= step < 1000
+  steps = sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
+  assert steps[-1] == step
+  # Resume in one process with 4 devices: the run continues from the 2-process checkpoint.
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=4")
+  for k in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
+    env.pop(k, None)
+  out = subprocess.run([sys.executable, "-m", "handobj_jax.main", *args[:-1], f"--config.num_steps={step + 2}",
+                        f"--workdir={workdir}"], env=env, capture_output=True, text=True, timeout=900,
+                       stdin=subprocess.DEVNULL)
+  assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+  assert f"at step {step} " in out.stdout and "final validation losses" in out.stdout

@@ -25,6 +25,7 @@ from clu import metric_writers
 
 from handobj_jax import console
 from handobj_jax import errors
+from handobj_jax import multihost
 from handobj_jax import preemption
 from handobj_jax import viz
 from handobj_jax.train import checkpoint as ckpt_lib
@@ -256,7 +257,9 @@ def _fit(task: Task, config, workdir: str, *, mesh, train_batches, eval_batches,
         progress.reset_rate()
       elif step % config.checkpoint.every_steps == 0:
         checkpointer.save(step, state, meta_dict(step, None))
-      if preemption.requested() is not None:
+      # A stop request that reached any process stops them all after this step (each saves the same step:
+      # Orbax's save is collective, so a process that went on alone would wait forever).
+      if multihost.any_process(preemption.requested() is not None):
         if checkpointer.latest_step() != step:
           checkpointer.save(step, state, meta_dict(step, None))
         progress.close()
