@@ -245,13 +245,21 @@ def buffer_early_logs() -> None:
   py_logging.captureWarnings(True)
 
 
+def log_path(workdir: str) -> str:
+  """`<workdir>/log.txt` on process 0; `log.process<k>.txt` on process k > 0 (one writer per file when several
+  processes share a workdir)."""
+  jax = sys.modules.get("jax")
+  index = jax.process_index() if jax is not None else 0
+  return os.path.join(workdir, LOG_FILE if index == 0 else f"log.process{index}.txt")
+
+
 def setup_logging(workdir: str, echo: bool = False, verbosity: int = 0) -> str:
   """Routes every library log to `<workdir>/log.txt` (appending), and also to stderr when `echo`.
 
   Returns the log file's path. Safe to call again (e.g. per job in tests): the stream is replaced.
   """
   global _early_buffer, _log_stream
-  path = os.path.join(workdir, LOG_FILE)
+  path = log_path(workdir)
   stream = open(path, "a", encoding="utf-8")  # pylint: disable=consider-using-with
   stream.write(f"---- {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(sys.argv)}\n")
   if _early_buffer is not None:

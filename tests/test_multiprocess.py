@@ -73,6 +73,10 @@ def test_two_processes_train_cohesiv_smoke_to_the_end(tmp_path):
   assert "inference statistics" in results[0][1]
   stats = np.load(os.path.join(workdir, "inference_stats.npz"))
   assert int(stats["num_images"]) >= 1 and np.all(np.isfinite(stats["person_embedding"]))
+  # One writer per log file: process 1 logs to its own file.
+  assert os.path.exists(os.path.join(workdir, "log.txt"))
+  assert "process 1 / 2" in open(os.path.join(workdir, "log.process1.txt")).read()
+  assert "process 1 / 2" not in open(os.path.join(workdir, "log.txt")).read()
   # The data were built once into the shared dir (no half-built or duplicate directories left).
   leftovers = [p for p in data.rglob("incomplete*")]
   assert not leftovers, leftovers
