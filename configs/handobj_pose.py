@@ -78,6 +78,7 @@ def _base() -> ml_collections.ConfigDict:
   config.data.data_dir = ""        # '' -> $HANDOBJ_DATA_DIR or ~/tensorflow_datasets
   config.data.manual_dir = ""
   config.data.shuffle_buffer = 1024
+  config.data.global_order = False  # See input_pipeline/pipeline.train_dataset (several processes).
   config.data.cache = False
   config.data.crop_scale = 1.5     # Crop = this x the square around the hand and object boxes (released code).
   config.data.hand_box_scale = 1.1  # Hand RoI = this x the tight box of the projected hand mesh.

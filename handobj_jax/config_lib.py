@@ -36,6 +36,9 @@ def synthetic_video_data(builder_config: str = "small") -> ml_collections.Config
   data.data_dir = ""           # '' -> $HANDOBJ_DATA_DIR or ~/tensorflow_datasets
   data.manual_dir = ""         # real datasets: where the user put the downloaded files
   data.shuffle_buffer = 512
+  # Several processes: True = the same batches whatever the process count (every host decodes every example;
+  # see input_pipeline/pipeline.train_dataset), False = each host reads its own shard.
+  data.global_order = False
   return data
 
 

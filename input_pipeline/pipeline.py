@@ -99,12 +99,14 @@ def host_split(split: str) -> str:
 
 
 def load_split(builder: tfds.core.DatasetBuilder, split: str, *, shuffle_files: bool = False,
-               seed: int = 0) -> tf.data.Dataset:
+               seed: int = 0, per_host: bool = True) -> tf.data.Dataset:
+  """This host's shard of `split` (`per_host`), or the whole split (for `train_dataset(global_order=True)`)."""
   if split not in builder.info.splits:
     raise DataError(f"dataset {builder.info.full_name} has no split {split!r}; it has "
                     f"{sorted(builder.info.splits)}")
   read_config = tfds.ReadConfig(shuffle_seed=seed, interleave_cycle_length=1)
-  return builder.as_dataset(split=host_split(split), shuffle_files=shuffle_files, read_config=read_config)
+  return builder.as_dataset(split=host_split(split) if per_host else split, shuffle_files=shuffle_files,
+                            read_config=read_config)
 
 
 def _deterministic(ds: tf.data.Dataset) -> tf.data.Dataset:
@@ -117,14 +119,27 @@ def _deterministic(ds: tf.data.Dataset) -> tf.data.Dataset:
 def train_dataset(ds: tf.data.Dataset, *, batch_size: int, seed: int,
                   preprocess: Callable[[dict[str, tf.Tensor]], dict[str, tf.Tensor]] | None = None,
                   shuffle_buffer: int = 1024, start_step: int = 0, cache: bool = True,
-                  prefetch: int = 2) -> tf.data.Dataset:
-  """Infinite, reshuffled every epoch, batched per host; `start_step` batches are skipped (resume)."""
+                  prefetch: int = 2, global_order: bool = False) -> tf.data.Dataset:
+  """Infinite, reshuffled every epoch, batched per host; `start_step` batches are skipped (resume).
+
+  Data order with several processes (`config.data.global_order`):
+    False (default): `ds` is this host's shard (`load_split`); each host shuffles its own shard, so the global
+      batches depend on the number of processes. Each host decodes only its share: the input scales with them.
+    True: `ds` is the whole split on every host (`load_split(per_host=False)`); every host shuffles it the
+      same way, forms global batches of `batch_size x process_count` and keeps its slice, so a run's batches
+      are the same whatever the number of processes (a 2-process run reproduces a 1-process run). Every host
+      decodes every example: P times the input work.
+  """
+  hosts = jax.process_count() if global_order else 1
   if cache:
     ds = ds.cache()
   ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat()
   if preprocess is not None:
     ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  ds = ds.batch(batch_size, drop_remainder=True)
+  ds = ds.batch(batch_size * hosts, drop_remainder=True)
+  if hosts > 1:
+    lo = jax.process_index() * batch_size
+    ds = ds.map(lambda b: tf.nest.map_structure(lambda x: x[lo:lo + batch_size], b))
   if start_step:
     ds = ds.skip(start_step)
   return _deterministic(ds).prefetch(prefetch)
@@ -147,28 +162,38 @@ def _add_mask(example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
   return {**example, MASK_KEY: tf.constant(True)}
 
 
-def eval_num_batches(builder: tfds.core.DatasetBuilder, split: str, host_batch_size: int) -> int:
+def eval_num_batches(builder: tfds.core.DatasetBuilder, split: str, host_batch_size: int,
+                     global_order: bool = False) -> int:
   """Batches every process runs over `split`: enough for the largest host shard. `tfds.split_for_jax_process`
   gives shards whose sizes differ by one (e.g. 401 and 400), so a per-host count could differ by a batch and
-  leave one process waiting in a collective; padding every host to this count cannot."""
+  leave one process waiting in a collective; padding every host to this count cannot. With `global_order`
+  (every host reads the whole split and keeps its slice of each global batch): the global batch count."""
   n = builder.info.splits[split].num_examples
+  if global_order:
+    return -(-n // (host_batch_size * jax.process_count()))
   per_host = -(-n // jax.process_count())
   return -(-per_host // host_batch_size)
 
 
 def eval_dataset(ds: tf.data.Dataset, *, batch_size: int,
                  preprocess: Callable[[dict[str, tf.Tensor]], dict[str, tf.Tensor]] | None = None,
-                 prefetch: int = 2, num_batches: int | None = None) -> tf.data.Dataset:
+                 prefetch: int = 2, num_batches: int | None = None, global_order: bool = False) -> tf.data.Dataset:
   """One pass in order; the last batch is padded to `batch_size` with `_mask` False on the padding.
 
   `num_batches` (from `eval_num_batches`; needed with several processes): exactly that many batches, the
-  missing ones all padding, so every process runs the same number of steps."""
+  missing ones all padding, so every process runs the same number of steps. `global_order` (with
+  `num_batches`): `ds` is the whole split on every host, batched at the global size, each host keeping its
+  slice, so the global batches are those of a 1-process run."""
   if preprocess is not None:
     ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   ds = ds.map(_add_mask)
   if num_batches is not None:
+    hosts = jax.process_count() if global_order else 1
     padding = ds.take(1).map(lambda ex: tf.nest.map_structure(tf.zeros_like, ex)).repeat()
-    ds = ds.concatenate(padding).batch(batch_size, drop_remainder=True).take(num_batches)
+    ds = ds.concatenate(padding).batch(batch_size * hosts, drop_remainder=True).take(num_batches)
+    if hosts > 1:
+      lo = jax.process_index() * batch_size
+      ds = ds.map(lambda b: tf.nest.map_structure(lambda x: x[lo:lo + batch_size], b))
     return _deterministic(ds).prefetch(prefetch)
   # Append batch_size - 1 all-zero examples (mask False) and keep only full batches holding real data:
   # the ragged last batch is completed by padding, and leftover padding-only batches are dropped.

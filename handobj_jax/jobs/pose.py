@@ -171,12 +171,13 @@ def train(config, workdir: str) -> dict[str, Any]:
   pseudo = _pseudo_source(config, builder)
 
   def train_batches(start_step: int):
-    ds = pipeline.load_split(builder, "train", seed=config.seed)
+    global_order = bool(config.data.get("global_order", False)) and pseudo is None
+    ds = pipeline.load_split(builder, "train", seed=config.seed, per_host=not global_order)
     if pseudo is None:
       ds = pipeline.train_dataset(ds, batch_size=host_bs, seed=config.seed,
                                   preprocess=pose_data.select(pose_data.TRAIN_FIELDS),
                                   shuffle_buffer=config.data.shuffle_buffer, start_step=start_step,
-                                  cache=config.data.cache)
+                                  cache=config.data.cache, global_order=global_order)
     else:
       labelled = ds.map(pose_data.select(pose_data.TRAIN_FIELDS)).map(_with_object_weight(1.0))
       mixed = pipeline.mix_datasets([labelled, pseudo["dataset"]], [1.0 - pseudo["ratio"], pseudo["ratio"]],

@@ -169,16 +169,19 @@ def train_and_evaluate(config, workdir: str, builder) -> dict[str, Any]:
   num_train, steps_per_epoch = check_training_inputs(config, builder)
 
   def train_batches(start_step: int):
-    ds = pipeline.load_split(builder, "train", seed=config.seed)
+    global_order = bool(config.data.get("global_order", False))
+    ds = pipeline.load_split(builder, "train", seed=config.seed, per_host=not global_order)
     ds = pipeline.train_dataset(ds, batch_size=host_bs, seed=config.seed, preprocess=train_preprocess,
                                 shuffle_buffer=config.data.shuffle_buffer, start_step=start_step,
-                                cache=config.data.cache)
+                                cache=config.data.cache, global_order=global_order)
     return pipeline.global_batches(ds, mesh, source=data_source(builder, "train"))
 
   def eval_batches(split: str = "validation"):
-    ds = pipeline.load_split(builder, split).map(select_fields)
-    steps = pipeline.eval_num_batches(builder, split, host_bs)
-    return pipeline.global_batches(pipeline.eval_dataset(ds, batch_size=host_bs, num_batches=steps), mesh,
+    global_order = bool(config.data.get("global_order", False))
+    ds = pipeline.load_split(builder, split, per_host=not global_order).map(select_fields)
+    steps = pipeline.eval_num_batches(builder, split, host_bs, global_order)
+    return pipeline.global_batches(pipeline.eval_dataset(ds, batch_size=host_bs, num_batches=steps,
+                                                         global_order=global_order), mesh,
                                    source=data_source(builder, split))
 
   example_batch = next(eval_batches())
