@@ -383,6 +383,12 @@ def _mano(side: str, path: str | None, tip_ids: tuple[int, ...] | None,
   return model, run
 
 
+def mano_layer(side: str, path: str | None, tip_ids: tuple[int, ...], flat_hand_mean: bool):
+  """(ManoModel, forward(pose, betas, trans) -> (verts, joints) float64), jitted and cached per arguments; the
+  MANO layer real-data builders share with the synthetic world (path None: the synthetic model)."""
+  return _mano(side, path, tuple(tip_ids), bool(flat_hand_mean))
+
+
 def get_mano(config: World3DConfig):
   """(ManoModel, forward) for a config; forward(pose, betas, trans) uses the
   config's flat_hand_mean convention and returns float64 numpy arrays."""

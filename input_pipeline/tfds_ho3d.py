@@ -241,31 +241,19 @@ def split_sequences(sequences: Sequence[str], config: Ho3dConfig) -> dict[str, l
 
 
 class Ho3dMano:
-  """The MANO layer at HO-3D's convention (flat hand mean, HO-3D tips), batched and jitted."""
+  """The MANO layer at HO-3D's convention (flat hand mean, HO-3D tips): `synthetic_3d.mano_layer`."""
 
   def __init__(self, model_path: str | None):
-    import jax  # pylint: disable=g-import-not-at-top
-    self.model = mano_lib.load_mano(model_path or None, "right")
-    model = self.model
-
-    @jax.jit
-    def forward(pose, betas, trans):
-      return mano_lib.mano_forward(model, pose, betas, trans, tip_ids=HO3D_TIPS, flat_hand_mean=True)
-
-    @jax.jit
-    def rest_root(betas):
-      _, joints = mano_lib.mano_forward(model, jax.numpy.zeros(betas.shape[:-1] + (48,)), betas, None,
-                                        tip_ids=HO3D_TIPS, flat_hand_mean=True)
-      return joints[..., 0, :]
-
-    self._forward, self._rest_root = forward, rest_root
+    self.model, self._forward = synthetic_3d.mano_layer("right", model_path or None, HO3D_TIPS, True)
 
   def __call__(self, pose, betas, trans) -> tuple[np.ndarray, np.ndarray]:
-    v, j = self._forward(np.asarray(pose, np.float32), np.asarray(betas, np.float32), np.asarray(trans, np.float32))
-    return np.asarray(v, np.float64), np.asarray(j, np.float64)
+    return self._forward(pose, betas, trans)
 
   def rest_root(self, betas) -> np.ndarray:
-    return np.asarray(self._rest_root(np.asarray(betas, np.float32)), np.float64)
+    """[..., 3] the rest-pose wrist joint J0 of each shape (no pose, no translation)."""
+    betas = np.asarray(betas)
+    lead = betas.shape[:-1]
+    return self._forward(np.zeros(lead + (48,)), betas, np.zeros(lead + (3,)))[1][..., 0, :]
 
 
 def _object_fields(meta: dict[str, Any], models: dict[str, np.ndarray], k: np.ndarray, num_points: int,
@@ -371,17 +359,18 @@ class Ho3d(pipeline.ReportingBuilder, tfds.core.GeneratorBasedBuilder):
   def _info(self) -> tfds.core.DatasetInfo:
     h, w = IMAGE_HW
     p = self.builder_config.num_model_points
+    f32 = pipeline.float_tensor
     return self.dataset_info_from_configs(features=tfds.features.FeaturesDict({
         "image": tfds.features.Image(shape=(h, w, 3), encoding_format="jpeg"),
-        "K": pipeline.float_tensor((3, 3)), "joints3d": pipeline.float_tensor((21, 3)), "joints2d": pipeline.float_tensor((21, 2)), "verts3d": pipeline.float_tensor((778, 3)),
-        "mano_pose": pipeline.float_tensor((48,)), "mano_betas": pipeline.float_tensor((10,)), "mano_trans": pipeline.float_tensor((3,)), "root3d": pipeline.float_tensor((3,)),
-        "hand_box": pipeline.float_tensor((4,)), "obj_rot": pipeline.float_tensor((3, 3)), "obj_trans": pipeline.float_tensor((3,)), "obj_ctrl3d": pipeline.float_tensor((21, 3)),
-        "obj_ctrl2d": pipeline.float_tensor((21, 2)), "obj_box": pipeline.float_tensor((4,)), "obj_points3d": pipeline.float_tensor((p, 3)),
-        "obj_diameter": pipeline.float_tensor(()), "obj_type": tfds.features.ClassLabel(names=OBJECTS),
+        "K": f32((3, 3)), "joints3d": f32((21, 3)), "joints2d": f32((21, 2)), "verts3d": f32((778, 3)),
+        "mano_pose": f32((48,)), "mano_betas": f32((10,)), "mano_trans": f32((3,)), "root3d": f32((3,)),
+        "hand_box": f32((4,)), "obj_rot": f32((3, 3)), "obj_trans": f32((3,)), "obj_ctrl3d": f32((21, 3)),
+        "obj_ctrl2d": f32((21, 2)), "obj_box": f32((4,)), "obj_points3d": f32((p, 3)),
+        "obj_diameter": f32(()), "obj_type": tfds.features.ClassLabel(names=OBJECTS),
         "obj_mask": pipeline.bool_mask((h, w)),
         "has_hand_gt": tfds.features.Tensor(shape=(), dtype=np.bool_),
         "has_object_gt": tfds.features.Tensor(shape=(), dtype=np.bool_),
-        "mano_joint_gap_mm": pipeline.float_tensor(()), "sequence": tfds.features.Text(), "frame": tfds.features.Text(),
+        "mano_joint_gap_mm": f32(()), "sequence": tfds.features.Text(), "frame": tfds.features.Text(),
         "index": tfds.features.Tensor(shape=(), dtype=np.int64),
     }), description=__doc__.splitlines()[0], metadata=tfds.core.MetadataDict(
         mano_model=mano_lib.model_identity(self._mano_path)))
@@ -492,10 +481,8 @@ def check_download(root: str, version: str = "v3", models_dir: str = "", mano_pa
     found = (f"{len(lists[split])} frames from {split}.txt" if has_list else
              f"{len(lists[split])} frames found by scanning ({split}.txt missing: the submission order is unknown)")
     rows.append((f"{split} list", found + note, has_list or split == "train"))
-    missing = [p for seq, fr in lists[split] for p in (meta_path(root, split, seq, fr),)
-               if not os.path.isfile(p)]
-    missing += [image_path(root, split, seq, fr) for seq, fr in lists[split]
-                if not os.path.isfile(image_path(root, split, seq, fr))]
+    paths = [p for seq, fr in lists[split] for p in (meta_path(root, split, seq, fr), image_path(root, split, seq, fr))]
+    missing = [p for p in paths if not os.path.isfile(p)]
     rows.append((f"{split} files", f"all {2 * len(lists[split])} rgb + meta files present" if not missing else
                  f"{len(missing)} missing, e.g. {missing[0]}", not missing))
   seen: set[str] = set()
