@@ -198,6 +198,39 @@ class ImageRecord:
     return tuple(self.objectness.shape)
 
 
+_RECORD_ARRAYS = ("objectness", "person_sim", "attention", "responsibility", "flow_magnitude", "saliency",
+                  "gt_hand", "gt_object", "query_valid", "hand_boxes", "object_boxes", "object_valid")
+
+
+def records_to_arrays(records: Sequence[ImageRecord], max_peaks: int) -> dict[str, np.ndarray]:
+  """Stacks records into arrays with a leading image axis (to gather them across processes); the
+  predicted-query attention is padded to `max_peaks` with its count kept. Inverse: `records_from_arrays`."""
+  if not records:
+    raise ValueError("records_to_arrays: no records")
+  out = {k: np.stack([getattr(r, k) for r in records]) for k in _RECORD_ARRAYS}
+  out["image_id"] = np.asarray([r.image_id.encode() for r in records], dtype="S128")
+  if records[0].pred_attention is not None:
+    att = np.zeros((len(records), max_peaks) + records[0].shape, np.float32)
+    count = np.zeros(len(records), np.int32)
+    for i, r in enumerate(records):
+      count[i] = len(r.pred_attention)
+      att[i, :count[i]] = r.pred_attention
+    out.update(pred_attention=att, pred_count=count, pred_match=np.stack([r.pred_match for r in records]))
+  return out
+
+
+def records_from_arrays(arrays: Mapping[str, np.ndarray]) -> list[ImageRecord]:
+  """The records that `records_to_arrays` stacked."""
+  records = []
+  for i in range(len(arrays["image_id"])):
+    kwargs = {k: arrays[k][i] for k in _RECORD_ARRAYS}
+    if "pred_attention" in arrays:
+      kwargs.update(pred_attention=arrays["pred_attention"][i, :int(arrays["pred_count"][i])],
+                    pred_match=arrays["pred_match"][i])
+    records.append(ImageRecord(image_id=arrays["image_id"][i].decode(), **kwargs))
+  return records
+
+
 def mask_box(mask: np.ndarray) -> np.ndarray:
   """Tight inclusive box [x0, y0, x1, y1] of a bool [H, W] mask; NaNs when empty."""
   ys, xs = np.nonzero(np.asarray(mask, bool))

@@ -16,6 +16,10 @@ It reads the same config as the training run of that workdir (only `job` changes
   5. `<workdir>/eval/report.md` + `report.json` (Tables 1 and 2 shaped, both IoU statistics, thresholds,
      split sizes) and `<workdir>/eval/figures/*.png` (Fig. 3 panels of the first test images).
 
+Several processes: each runs a host copy of the model over a contiguous block of each split
+(`pipeline.host_block`), the per-image records are gathered in split order (`multihost.concat_examples`), every
+process fits and scores the same records, and process 0 alone writes the thresholds, report and figures.
+
 Settings: `config.eval` when the config has that block, else the defaults of `config_lib.cohesiv_eval`
 (logged at start). Keys: fit_split, test_split, fit_task, fit_statistic, max_images (0 = all),
 batch_size, num_figures, saliency_width, center_threshold, nms_radius, max_peaks, match_distance,
@@ -43,6 +47,7 @@ from absl import logging
 from handobj_jax import config_lib
 from handobj_jax import console
 from handobj_jax import jobs
+from handobj_jax import multihost
 from handobj_jax import preemption
 from handobj_jax import viz
 from handobj_jax.evaluation import baselines
@@ -161,7 +166,10 @@ def load_model(config, workdir: str, best: bool = True) -> LoadedModel:
     raise jobs.JobInputError(f"cannot restore the checkpoint in {ckpt_dir} with this config's model "
                              f"({config.model.encoder}): {type(e).__name__}: {str(e).splitlines()[0]}"
                              ) from None
-  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  # One host-local copy on one device: each process runs its own images with no collective (with several
+  # processes the replicated state spans devices this process cannot address).
+  variables = jax.device_put(multihost.host_copy({"params": state.params, "batch_stats": state.batch_stats}),
+                             jax.local_devices()[0])
   return LoadedModel(config=config, net=task.net, variables=variables, step=int(step), task=task,
                      state=state, mesh=mesh)
 
@@ -214,11 +222,16 @@ def build_records(model: LoadedModel, builder, split: str, stats, s, detections=
   from handobj_jax.jobs import train as train_job  # pylint: disable=g-import-not-at-top
   from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
 
-  ds = pipeline.load_split(builder, split)
   total = builder.info.splits[split].num_examples
   if s.max_images:
-    ds = ds.take(int(s.max_images))
     total = min(total, int(s.max_images))
+  # With several processes, process p scores a contiguous block of the images; `multihost.concat_examples`
+  # puts the blocks back in split order, so every process then holds the records of a 1-process run.
+  try:
+    block, total, _ = pipeline.host_block(split, total)
+  except pipeline.DataError as e:
+    raise jobs.JobInputError(str(e)) from None
+  ds = pipeline.load_split(builder, block, per_host=False)
   records, figs = [], []
   meter = console.Progress(total, f"eval {split}", unit="image")
   for batch in pipeline.numpy_batches(pipeline.eval_dataset(ds, batch_size=int(s.batch_size)),
@@ -260,6 +273,9 @@ def build_records(model: LoadedModel, builder, split: str, stats, s, detections=
                      "person_sim": person_sim[b]})
     meter.advance(int(keep.sum()))
   meter.close()
+  if jax.process_count() > 1:
+    records = cohesiv_eval.records_from_arrays(multihost.concat_examples(
+        cohesiv_eval.records_to_arrays(records, int(s.max_peaks))))
   return SplitData(records, figs)
 
 
@@ -409,15 +425,19 @@ def run(config, workdir: str) -> dict[str, Any]:
       "table1": table1, "table2": table2, "notes": notes,
       "inference_stats": {"pixel_counts": np.asarray(stats.get("pixel_counts", [])).tolist()},
   }
-  cohesiv_eval.save_thresholds(th_path, {"checkpoint_step": model.step,
-                                         "methods": {k: v for k, v in thresholds.items()
-                                                     if not k.startswith("extra:")}})
   out_dir = os.path.join(workdir, "eval")
-  md_path, json_path = cohesiv_eval.write_report(out_dir, report)
-  fig_paths = write_figures(os.path.join(out_dir, "figures"), test.figure_inputs,
-                            thresholds["cohesiv"]["params"])
-  with open(md_path) as f:
-    console.say(f.read().rstrip())
+  md_path, json_path = os.path.join(out_dir, "report.md"), os.path.join(out_dir, "report.json")
+  fig_paths = []
+  if console.is_main_process():  # Every process holds the same report; process 0 writes it.
+    cohesiv_eval.save_thresholds(th_path, {"checkpoint_step": model.step,
+                                           "methods": {k: v for k, v in thresholds.items()
+                                                       if not k.startswith("extra:")}})
+    md_path, json_path = cohesiv_eval.write_report(out_dir, report)
+    fig_paths = write_figures(os.path.join(out_dir, "figures"), test.figure_inputs,
+                              thresholds["cohesiv"]["params"])
+    with open(md_path) as f:
+      console.say(f.read().rstrip())
+  multihost.sync("cohesiv_eval_written")
   console.say(f"wrote {md_path}, {json_path}, {th_path} and {len(fig_paths)} figures in "
               f"{os.path.join(out_dir, 'figures')}")
   return {"report": report, "report_md": md_path, "report_json": json_path, "thresholds": th_path,

@@ -29,6 +29,7 @@ root, no hand ground truth unless the released annotations are present) the job 
 (`pred.json`, `pred.zip`) and checks it by reading it back (`evaluation.ho3d_submission`). `config.eval.dataset`
 evaluates on another dataset (FreiHAND, FPHA: Table 5); frames without an object get no object metrics. Outputs
 go to `<workdir>/pose_eval/` for the test split of the training data, else `pose_eval_<dataset>_<split>/`.
+Several processes: see `evaluate_workdir`; process 0 writes every file.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from absl import logging
 
 from handobj_jax import console
 from handobj_jax import jobs
+from handobj_jax import multihost
 from handobj_jax import preemption
 from handobj_jax.evaluation import ho3d
 from handobj_jax.evaluation import pose_eval
@@ -97,13 +99,10 @@ def _source(builder, split: str) -> pipeline.DataSource:
   return pipeline.DataSource(builder, split, f"delete {builder.data_dir} and rerun to rebuild it")
 
 
-def _eval_batches(builder, split: str, batch_size: int, mesh, fields=pose_data.TRAIN_FIELDS,
-                  limit: int = 0):
+def _eval_batches(builder, split: str, batch_size: int, mesh):
   ds = pipeline.load_split(builder, split).map(pose_data.hand_only()).map(
-      pose_data.select(fields, pose_data.OPTIONAL_FIELDS))
-  if limit:
-    ds = ds.take(limit)
-  steps = None if limit else pipeline.eval_num_batches(builder, split, batch_size)
+      pose_data.select(pose_data.TRAIN_FIELDS, pose_data.OPTIONAL_FIELDS))
+  steps = pipeline.eval_num_batches(builder, split, batch_size)
   return pipeline.global_batches(pipeline.eval_dataset(ds, batch_size=batch_size, num_batches=steps), mesh,
                                  source=_source(builder, split))
 
@@ -182,10 +181,8 @@ def train(config, workdir: str) -> dict[str, Any]:
       labelled = ds.map(pose_data.select(pose_data.TRAIN_FIELDS)).map(_with_object_weight(1.0))
       mixed = pipeline.mix_datasets([labelled, pseudo["dataset"]], [1.0 - pseudo["ratio"], pseudo["ratio"]],
                                     seed=config.seed, shuffle_buffer=config.data.shuffle_buffer,
-                                    cache=config.data.cache)
-      ds = pipeline.train_dataset(mixed, batch_size=host_bs, seed=config.seed,
-                                  shuffle_buffer=config.data.shuffle_buffer, start_step=start_step,
-                                  cache=False)
+                                    cache=config.data.cache, start=start_step * host_bs)
+      ds = pipeline.train_dataset(mixed, batch_size=host_bs, seed=config.seed, cache=False)
     return pipeline.global_batches(ds, mesh, source=_source(builder, "train"))
 
   def eval_batches():
@@ -233,74 +230,105 @@ def _device_pnp(obj_points, obj_conf, affine, k_img, ctrl_obj, num_votes: int, t
   return result.rotation, result.translation, result.ok, votes_img.reshape(b, n, num_votes, 2), valid
 
 
+def _host_eval_batches(builder, split: str, batch_size: int, mesh, total: int):
+  """This process's contiguous block of the first `total` examples of `split` (`pipeline.host_block`), padded
+  so that every process runs the same number of global batches."""
+  block, _, longest = pipeline.host_block(split, total)
+  ds = pipeline.load_split(builder, block, per_host=False).map(pose_data.hand_only()).map(
+      pose_data.select(pose_data.EVAL_FIELDS, pose_data.OPTIONAL_FIELDS))
+  steps = -(-longest // batch_size)
+  return pipeline.global_batches(pipeline.eval_dataset(ds, batch_size=batch_size, num_batches=steps), mesh,
+                                 source=_source(builder, split))
+
+
 def evaluate_workdir(config, workdir: str, builder, split: str, settings, num_figures: int = 0,
                      label: str = "") -> dict[str, Any]:
-  """Predictions and metrics of one trained workdir on `split` (see the module docstring)."""
+  """Predictions and metrics of one trained workdir on `split` (see the module docstring).
+
+  With several processes each runs its block of the split (`pipeline.host_block`) through the network and
+  the device PnP, the per-image results are gathered in split order (`multihost.concat_examples`), and every
+  process scores the whole split as a 1-process run would; the figures come from process 0's first images,
+  which are the split's first."""
   mesh = pipeline.make_data_mesh()
   task = pose_task.HandObjectPoseTask(config)
   batch_size = int(settings.batch_size)
   host_bs = pipeline.host_batch_size(batch_size, mesh)
-  example = next(_eval_batches(builder, split, host_bs, mesh, limit=1))
-  state, step = train_job.restore_state(task, config, workdir, mesh, example)
-  variables = {"params": state.params, "batch_stats": state.batch_stats}
-  predict = jax.jit(task.predict)
-  device_pnp = jax.jit(_device_pnp, static_argnums=(5, 6))
-  features = builder.info.features
-  names = features["obj_type"].names if "obj_type" in features else ("none",)  # Hand-only data: FreiHAND.
   total = builder.info.splits[split].num_examples
   if settings.max_images:
     total = min(total, int(settings.max_images))
-  acc: dict[str, list] = {}
+  example = next(_host_eval_batches(builder, split, host_bs, mesh, total))
+  state, step = train_job.restore_state(task, config, workdir, mesh, example)
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  # Batch-sharded outputs: each process then reads its own rows (`pipeline.host_local`).
+  predict = jax.jit(task.predict, out_shardings=pipeline.batch_sharding(mesh))
+  device_pnp = jax.jit(_device_pnp, static_argnums=(5, 6))
+  features = builder.info.features
+  names = features["obj_type"].names if "obj_type" in features else ("none",)  # Hand-only data: FreiHAND.
+  chunks: list[dict[str, np.ndarray]] = []
   figures_in: list[dict[str, np.ndarray]] = []
   meter = console.Progress(total, f"pose eval {label or split}", unit="image")
-  for batch in _eval_batches(builder, split, host_bs, mesh, pose_data.EVAL_FIELDS, int(settings.max_images)):
+  for batch in _host_eval_batches(builder, split, host_bs, mesh, total):
     preemption.check(f"while evaluating {split} (nothing written yet)")
-    out = jax.device_get(predict(variables, batch))
-    batch = jax.device_get(batch)
-    ctrl_obj = np.einsum("bji,bpj->bpi", batch["obj_rot"], batch["obj_ctrl3d"] - batch["obj_trans"][:, None])
+    o = pipeline.host_local(predict(variables, batch), mesh)
+    b = pipeline.host_local(batch, mesh)
+    ctrl_obj = np.einsum("bji,bpj->bpi", b["obj_rot"], b["obj_ctrl3d"] - b["obj_trans"][:, None])
     # The device solver runs on one device: its eigh calls must not run concurrently on several CPU
     # devices (jaxlib 0.10's LAPACK kernels can deadlock; see geometry/small_linalg.py).
-    args = jax.device_put((out["obj_points"], out["obj_confidence"], out["affine"], batch["K"], ctrl_obj),
+    args = jax.device_put((o["obj_points"], o["obj_confidence"], o["affine"], b["K"], ctrl_obj),
                           jax.local_devices()[0])
-    rot_d, trans_d, ok_d, votes_img, vote_valid = device_pnp(*args, int(settings.num_votes),
-                                                             float(settings.vote_threshold))
-    host = jax.device_get({"out": out, "batch": batch, "rot_d": rot_d, "trans_d": trans_d, "ok_d": ok_d,
-                           "votes": votes_img, "vote_valid": vote_valid, "ctrl_obj": ctrl_obj})
-    b, o = host["batch"], host["out"]
+    rot_d, trans_d, ok_d, votes_img, vote_valid = jax.device_get(
+        device_pnp(*args, int(settings.num_votes), float(settings.vote_threshold)))
     keep = np.flatnonzero(np.asarray(b[pipeline.MASK_KEY], bool))
-    has_hand = np.asarray(b.get("has_hand_gt", np.ones(b["K"].shape[0], bool)), bool)
-    has_obj = np.asarray(b.get("has_object_gt", np.ones(b["K"].shape[0], bool)), bool)
+    n = b["K"].shape[0]
+    joints2d_img = np.stack([np.asarray(crop_lib.apply_affine(crop_lib.invert_affine(o["affine"][i]),
+                                                              o["joints2d_pred"][i])) for i in range(n)])
+    # What the scoring needs per image (compact: no images or heatmaps), gathered across processes below.
+    rows = {"joints3d": o["joints3d"], "verts3d": o["verts3d"], "gt_joints3d": o["gt_joints3d"],
+            "gt_verts3d": o["gt_verts3d"], "joints2d_pred": joints2d_img, "joints2d": b["joints2d"],
+            "has_hand": np.asarray(b.get("has_hand_gt", np.ones(n, bool)), bool),
+            "has_obj": np.asarray(b.get("has_object_gt", np.ones(n, bool)), bool),
+            "index": np.asarray(b["index"], np.int64) if "index" in b else np.full(n, -1, np.int64),
+            "ctrl_obj": ctrl_obj, "votes": votes_img, "vote_valid": vote_valid, "rot_d": rot_d,
+            "trans_d": trans_d, "ok_d": ok_d, "K": b["K"], "obj_rot": b["obj_rot"], "obj_trans": b["obj_trans"],
+            "obj_points3d": b["obj_points3d"],
+            "obj_type": np.asarray(b["obj_type"], np.int64) if "obj_type" in b else np.zeros(n, np.int64)}
+    chunks.append({k: np.asarray(v)[keep] for k, v in rows.items()})
     for i in keep:
-      # Every frame's prediction (the submission needs them all, in the split's list order).
-      for key, value in (("all_joints", o["joints3d"][i]), ("all_verts", o["verts3d"][i]),
-                         ("all_root", o["gt_joints3d"][i][0]), ("all_index", int(b["index"][i]) if "index" in b
-                                                                else len(acc.get("all_index", ())))):
-        acc.setdefault(key, []).append(value)
-      if has_hand[i]:
-        rows = {"pred_joints": o["joints3d"][i], "pred_verts": o["verts3d"][i], "gt_joints": o["gt_joints3d"][i],
-                "gt_verts": o["gt_verts3d"][i],
-                "j2d_err_px": float(np.mean(np.linalg.norm(np.asarray(crop_lib.apply_affine(
-                    crop_lib.invert_affine(o["affine"][i]), o["joints2d_pred"][i])) - b["joints2d"][i], axis=-1)))}
-        for key, value in rows.items():
-          acc.setdefault(key, []).append(value)
-      rot_cv, trans_cv = np.eye(3), np.array([0.0, 0.0, 1.0])
-      if has_obj[i]:
-        rot_cv, trans_cv, ok_cv = pnp.solve_pnp_opencv(host["ctrl_obj"][i], host["votes"][i],
-                                                       host["vote_valid"][i], b["K"][i])
-        rows = {"rot_gt": b["obj_rot"][i], "t_gt": b["obj_trans"][i], "rot_cv": rot_cv, "t_cv": trans_cv,
-                "ok_cv": ok_cv, "rot_dev": host["rot_d"][i], "t_dev": host["trans_d"][i], "ok_dev": host["ok_d"][i],
-                "points": b["obj_points3d"][i], "K": b["K"][i], "group": names[int(b["obj_type"][i])],
-                "num_votes": int(host["vote_valid"][i].sum())}
-        for key, value in rows.items():
-          acc.setdefault(key, []).append(value)
-      if len(figures_in) < num_figures:
+      if console.is_main_process() and len(figures_in) < num_figures:  # Process 0 holds the first images.
         fig = {k: np.asarray(v[i]) for k, v in o.items()}
-        fig.update(rot_pred=rot_cv, t_pred=trans_cv, rot_gt=b["obj_rot"][i], t_gt=b["obj_trans"][i],
-                   ctrl_obj=host["ctrl_obj"][i], K_image=b["K"][i], has_object=bool(has_obj[i]),
-                   has_hand=bool(has_hand[i]))
+        fig.update(rot_gt=b["obj_rot"][i], t_gt=b["obj_trans"][i], ctrl_obj=ctrl_obj[i], K_image=b["K"][i],
+                   has_object=bool(rows["has_obj"][i]), has_hand=bool(rows["has_hand"][i]))
         figures_in.append(fig)
     meter.advance(len(keep))
   meter.close()
+  r = multihost.concat_examples({k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]})
+  if np.all(r["index"] < 0):  # No list index: the split's own order (the submission needs every frame in list order).
+    r["index"] = np.arange(len(r["index"]), dtype=np.int64)
+  acc: dict[str, list] = {}
+  for i in range(len(r["index"])):
+    for key, value in (("all_joints", r["joints3d"][i]), ("all_verts", r["verts3d"][i]),
+                       ("all_root", r["gt_joints3d"][i][0]), ("all_index", int(r["index"][i]))):
+      acc.setdefault(key, []).append(value)
+    if r["has_hand"][i]:
+      rows = {"pred_joints": r["joints3d"][i], "pred_verts": r["verts3d"][i], "gt_joints": r["gt_joints3d"][i],
+              "gt_verts": r["gt_verts3d"][i],
+              "j2d_err_px": float(np.mean(np.linalg.norm(r["joints2d_pred"][i] - r["joints2d"][i], axis=-1)))}
+      for key, value in rows.items():
+        acc.setdefault(key, []).append(value)
+    if r["has_obj"][i]:
+      rot_cv, trans_cv, ok_cv = pnp.solve_pnp_opencv(r["ctrl_obj"][i], r["votes"][i], r["vote_valid"][i],
+                                                     r["K"][i])
+      rows = {"rot_gt": r["obj_rot"][i], "t_gt": r["obj_trans"][i], "rot_cv": rot_cv, "t_cv": trans_cv,
+              "ok_cv": ok_cv, "rot_dev": r["rot_d"][i], "t_dev": r["trans_d"][i], "ok_dev": r["ok_d"][i],
+              "points": r["obj_points3d"][i], "K": r["K"][i], "group": names[int(r["obj_type"][i])],
+              "num_votes": int(r["vote_valid"][i].sum())}
+      for key, value in rows.items():
+        acc.setdefault(key, []).append(value)
+      if i < len(figures_in):
+        figures_in[i].update(rot_pred=rot_cv, t_pred=trans_cv)
+  for fig in figures_in:
+    if "rot_pred" not in fig:
+      fig.update(rot_pred=np.eye(3), t_pred=np.array([0.0, 0.0, 1.0]))
   if not acc:
     raise jobs.JobInputError(f"split {split!r} of {builder.info.full_name} has no examples")
   stack = {k: (np.stack(v) if k != "group" else v) for k, v in acc.items()}

@@ -39,6 +39,7 @@ from absl import logging
 from handobj_jax import console
 from handobj_jax import fileio
 from handobj_jax import jobs
+from handobj_jax import multihost
 from handobj_jax import preemption
 from handobj_jax import viz
 from handobj_jax.evaluation import ho3d
@@ -221,7 +222,7 @@ def contact_sheet(builder, split: str, labels: dict[str, np.ndarray], selection:
   for i in chosen:
     wanted.setdefault(int(labels["clip_index"][i]), []).append(i)
   tiles = {}
-  ds = pipeline.load_split(builder, split).take(max(wanted) + 1)
+  ds = pipeline.load_split(builder, split, per_host=False).take(max(wanted) + 1)
   for clip_index, example in enumerate(ds.as_numpy_iterator()):
     for i in wanted.get(clip_index, []):
       img = viz.upscale(np.asarray(example["frames"][int(labels["frame_index"][i])]), scale)
@@ -265,8 +266,13 @@ def pseudolabel(config, workdir: str) -> dict[str, Any]:
   _check_settings(out_dir, {"teacher_workdir": os.path.abspath(config.teacher_workdir), "teacher_step": int(step),
                             "transforms": config.tta.transforms, "data": config.data.to_dict(),
                             "num_clips": int(num_clips), "chunk_clips": int(config.chunk_clips)})
-  todo = [i for i in range(num_chunks) if not os.path.exists(_chunk_path(out_dir, i))]
+  # Several processes: process p labels the chunks c with c % P == p (each on its own devices, with a host
+  # copy of the teacher), all wait for every chunk, and process 0 writes the labels, dataset and report.
+  hosts, host = jax.process_count(), jax.process_index()
+  mine = [i for i in range(num_chunks) if i % hosts == host]
+  todo = [i for i in mine if not os.path.exists(_chunk_path(out_dir, i))]
   mesh = pipeline.make_data_mesh(jax.local_devices())
+  variables = jax.device_put(multihost.host_copy(variables), pipeline.replicated_sharding(mesh))
   devices = mesh.devices.size
   batch_size = int(math.ceil(int(config.batch_size) / devices) * devices)
   label_fn = jax.jit(make_label_fn(task, transforms, float(teacher_config.data.hand_box_scale),
@@ -274,11 +280,12 @@ def pseudolabel(config, workdir: str) -> dict[str, Any]:
   console.say(f"pseudo-labelling {builder.info.full_name}/{split}: {num_clips} clips in {num_chunks} chunks "
               f"({num_chunks - len(todo)} done), {len(transforms)} TTA transforms, teacher "
               f"{config.teacher_workdir} (step {step}), {devices} device(s)")
-  meter = console.Progress(num_clips, "pseudo-label", unit="clip", start=(num_chunks - len(todo)) * chunk
-                           if todo else num_clips)
+  my_clips = sum(min(chunk, num_clips - i * chunk) for i in mine)
+  meter = console.Progress(my_clips, "pseudo-label", unit="clip",
+                           start=my_clips - sum(min(chunk, num_clips - i * chunk) for i in todo))
   sharding = pipeline.batch_sharding(mesh)
   if todo:
-    ds = pipeline.load_split(builder, split).take(num_clips)
+    ds = pipeline.load_split(builder, split, per_host=False).take(num_clips)
     pending: list[tuple[int, dict[str, np.ndarray]]] = []
     for clip_index, example in enumerate(ds.as_numpy_iterator()):
       c = clip_index // chunk
@@ -292,27 +299,30 @@ def pseudolabel(config, workdir: str) -> dict[str, Any]:
         pending = []
         preemption.check(f"after chunk {c} of {num_chunks} (finished chunks are kept)")
   meter.close()
+  multihost.sync("pose_pseudolabel_chunks_done")
   paths = sorted(glob.glob(os.path.join(out_dir, "chunks", "chunk_*.npz")))[:num_chunks]
   parts = [fileio.load_npz(p) for p in paths]
   labels = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
   selection = filters_lib.select(labels, labels["clip_index"], labels["frame_index"], config.filters)
   masks = {f"mask_{k}": v for k, v in selection["masks"].items()}
   labels = dict(labels, keep=selection["keep"], **masks)
-  fileio.save_npz_atomic(os.path.join(out_dir, LABELS_FILE), labels)
-  from input_pipeline import tfds_pseudo_pose  # pylint: disable=g-import-not-at-top
-  frames_hw = tuple(builder.info.features["frames"].shape[1:3])
-  tfds_pseudo_pose.build(out_dir, pipeline.load_split(builder, split).take(num_clips), labels, frames_hw,
-                         selection["removed"])
   settings = {"dataset": builder.info.full_name, "split": split, "teacher_workdir": config.teacher_workdir,
               "teacher_step": int(step), "teacher_cr": teacher_config.model.cr,
               "transforms": ",".join(t.name for t in transforms), "filters": config.filters.to_dict()}
   report = make_report(labels, selection, settings)
   md = markdown(report)
-  fileio.write_text_atomic(os.path.join(out_dir, "report.md"), md)
-  fileio.write_text_atomic(os.path.join(out_dir, "report.json"), json.dumps(report, indent=1))
-  sheet = contact_sheet(builder, split, labels, selection, int(config.report.num_figures))
-  if sheet is not None:
-    viz.write_png(os.path.join(out_dir, "contact_sheet.png"), sheet)
+  if console.is_main_process():
+    fileio.save_npz_atomic(os.path.join(out_dir, LABELS_FILE), labels)
+    from input_pipeline import tfds_pseudo_pose  # pylint: disable=g-import-not-at-top
+    frames_hw = tuple(builder.info.features["frames"].shape[1:3])
+    tfds_pseudo_pose.build(out_dir, pipeline.load_split(builder, split, per_host=False).take(num_clips), labels,
+                           frames_hw, selection["removed"])
+    fileio.write_text_atomic(os.path.join(out_dir, "report.md"), md)
+    fileio.write_text_atomic(os.path.join(out_dir, "report.json"), json.dumps(report, indent=1))
+    sheet = contact_sheet(builder, split, labels, selection, int(config.report.num_figures))
+    if sheet is not None:
+      viz.write_png(os.path.join(out_dir, "contact_sheet.png"), sheet)
+  multihost.sync("pose_pseudolabel_written")
   console.say(md.rstrip())
   console.say(f"wrote {os.path.join(out_dir, LABELS_FILE)}, the TFDS dataset tfds/, report.md, report.json and "
               f"contact_sheet.png in {out_dir}")

@@ -53,6 +53,7 @@ from absl import logging
 
 from handobj_jax import console
 from handobj_jax import jobs
+from handobj_jax import multihost
 from handobj_jax import preemption
 from handobj_jax.evaluation import baselines
 from handobj_jax.evaluation import segmentation
@@ -240,6 +241,7 @@ def build_pseudolabels(config: ml_collections.ConfigDict, data_dir: str,
   feats = ce.features(source.height, source.width, source.max_hands)
 
   devices = jax.local_devices()
+  cpu_limit = devices[0].platform == "cpu" and len(devices) > 1
   if devices[0].platform == "cpu":
     # Host "devices" share the same cores, so sharding buys nothing; and with several of them (e.g.
     # --xla_force_host_platform_device_count=2, jax 0.10.2) the robust fit's program was seen to hang
@@ -260,6 +262,10 @@ def build_pseudolabels(config: ml_collections.ConfigDict, data_dir: str,
   if todo:
     console.say(f"pseudo-labelling {source.name}: {total_clips} clips in {len(todo)} shards "
                 f"({len(mine) - len(todo)} already done) -> {out}")
+    if cpu_limit:
+      console.say(f"  on 1 of this process's {len(jax.local_devices())} CPU devices: jaxlib 0.10's CPU LAPACK "
+                  "kernels can deadlock when several devices run the robust fit at once (other processes still "
+                  "label their own shards)")
   meter = console.Progress(total_clips, "pseudo-labels", unit="clip")
   done_clips = failed_clips = 0
   for shard in todo:
@@ -375,7 +381,9 @@ def ensure_pseudolabelled(config: ml_collections.ConfigDict, data_dir: str) -> t
   """Opens the pseudo-labelled dataset of `config.data` under `data_dir`, building it first if needed."""
   p = config.pseudo
   out = ce.output_dir(data_dir, ce.source_name(config))
-  if not tf.io.gfile.exists(os.path.join(out, "dataset_info.json")):
+  # One decision for all processes: the build has barriers, so a process that saw another's finished build
+  # and skipped it would leave the others waiting.
+  if multihost.any_process(not tf.io.gfile.exists(os.path.join(out, "dataset_info.json"))):
     out = build_pseudolabels(config, data_dir)
   else:
     settings_path = os.path.join(out, ce.BUILD_CONFIG_FILE)

@@ -145,11 +145,6 @@ def init_state(task: Task, config, mesh, example_batch: Batch) -> tuple[TrainSta
   return make, abstract
 
 
-def _local_numpy(tree: Any) -> Any:
-  """This process's first addressable shard of every array, as NumPy."""
-  return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)) if isinstance(x, jax.Array) else x, tree)
-
-
 def _write_pngs(directory: str, step: int, images: dict[str, np.ndarray]) -> None:
   os.makedirs(directory, exist_ok=True)
   for name, img in images.items():
@@ -247,8 +242,8 @@ def _fit(task: Task, config, workdir: str, *, mesh, train_batches, eval_batches,
         if jax.process_index() == 0:
           # Host copies only (this host's shard of the batch, one replica of the state), so that
           # visualisation never launches a multi-host computation from a single process.
-          first = _local_numpy(first_batch)  # Reused: no second pass over the validation pipeline.
-          images = task.visualize(_local_numpy({"params": state.params, "batch_stats": state.batch_stats}),
+          first = multihost.host_copy(first_batch)  # Reused: no second pass over the validation pipeline.
+          images = task.visualize(multihost.host_copy({"params": state.params, "batch_stats": state.batch_stats}),
                                   first)
           if images:
             writer.write_images(step, {f"val/{k}": v[None] for k, v in images.items()})
