@@ -3,8 +3,10 @@
 Every host reads its own shard of a split (`tfds.split_for_jax_process`), batches `global_batch_size /
 process_count` examples, and `global_batches` turns each host batch into one global `jax.Array` sharded
 over the batch axis of a `('data',)` mesh spanning every device of every host. Order is deterministic given
-the seed (`options.deterministic`, seeded shuffles), so `start_step` can replay a run's data exactly after a
-restart. Evaluation batches are padded to a fixed size with a boolean `_mask` so every host runs the same
+the seed (`options.deterministic`, seeded shuffles). Training streams are indexed by epoch (epoch e is the split
+shuffled with a seed derived from (seed, e)), so resuming at step s starts at epoch s*B // N and skips fewer
+than N examples of it: the resumed run sees exactly the batches of an uninterrupted one, at a cost bounded by
+one epoch whatever the step (`epoch_stream`). Evaluation batches are padded to a fixed size with a boolean `_mask` so every host runs the same
 number of steps.
 
 Damaged data is reported, never a raw TensorFlow traceback: `open_prepared` checks a prepared dataset's
@@ -29,6 +31,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from handobj_jax import console
 from handobj_jax import errors
+from handobj_jax import fileio
 from handobj_jax import multihost
 from handobj_jax import preemption
 
@@ -63,6 +66,10 @@ def resolve_data_dir(data_dir: str) -> str:
     except OSError as e:
       raise DataError(f"cannot create {source}: {e.strerror or e}") from None
     return data_dir
+  try:
+    fileio.check_local_path(data_dir, "config.data.data_dir")
+  except ValueError as e:
+    raise DataError(str(e)) from None
   resolved = os.path.abspath(os.path.expanduser(data_dir))
   if not os.path.isdir(resolved):
     raise DataError(f"data dir {data_dir!r} (config.data.data_dir) does not exist; create it or leave "
@@ -98,10 +105,23 @@ def host_split(split: str) -> str:
   return tfds.split_for_jax_process(split) if jax.process_count() > 1 else split
 
 
+def host_block(split: str, total: int) -> tuple[str, int, int]:
+  """This process's contiguous block of the first `total` examples of `split`: a TFDS split spec
+  ('test[120:240]'), its length, and the longest block's length (to pad every process to the same number of batches).
+  Blocks in process order are the split's order: concatenated (`multihost.concat_examples`) they give a
+  1-process run's examples. One process: ('split[0:total]', total, total)."""
+  hosts = jax.process_count()
+  bounds = np.linspace(0, total, hosts + 1).astype(int)
+  lo, hi = int(bounds[jax.process_index()]), int(bounds[jax.process_index() + 1])
+  if hi <= lo:
+    raise DataError(f"split {split!r}: {total} examples to evaluate, fewer than the {hosts} processes of this run")
+  return f"{split}[{lo}:{hi}]", hi - lo, int(np.diff(bounds).max())
+
+
 def load_split(builder: tfds.core.DatasetBuilder, split: str, *, shuffle_files: bool = False,
                seed: int = 0, per_host: bool = True) -> tf.data.Dataset:
   """This host's shard of `split` (`per_host`), or the whole split (for `train_dataset(global_order=True)`)."""
-  if split not in builder.info.splits:
+  if split.split("[")[0] not in builder.info.splits:
     raise DataError(f"dataset {builder.info.full_name} has no split {split!r}; it has "
                     f"{sorted(builder.info.splits)}")
   read_config = tfds.ReadConfig(shuffle_seed=seed, interleave_cycle_length=1)
@@ -116,11 +136,37 @@ def _deterministic(ds: tf.data.Dataset) -> tf.data.Dataset:
   return ds.with_options(options)
 
 
+def epoch_stream(ds: tf.data.Dataset, *, seed: int, shuffle_buffer: int, start: int = 0,
+                 cache: bool = True) -> tf.data.Dataset:
+  """`ds` repeated forever, each epoch e shuffled with its own seed (from `seed` and e), from example `start`.
+
+  Example p of the stream is the same whatever `start` the stream began at: a resumed run rebuilds the stream
+  at its position and skips at most one epoch's worth of examples (before any map a caller adds), instead of
+  replaying every earlier batch. `cache`: keep the decoded split in memory after its first pass.
+  """
+  n = int(ds.cardinality())
+  if n == tf.data.INFINITE_CARDINALITY:
+    raise ValueError("epoch_stream needs a finite dataset")
+  if n < 0:  # Unknown (e.g. after a filter): count it once.
+    n = int(ds.reduce(np.int64(0), lambda count, _: count + 1))
+  if n == 0:
+    raise DataError("the training split is empty")
+  if cache:
+    ds = ds.cache()
+  base_seed = tf.constant(seed, tf.int64) * 1_000_003
+
+  def epoch(e):
+    return ds.shuffle(shuffle_buffer, seed=base_seed + e, reshuffle_each_iteration=False)
+
+  return tf.data.Dataset.range(start // n, 2**62).flat_map(epoch).skip(start % n)
+
+
 def train_dataset(ds: tf.data.Dataset, *, batch_size: int, seed: int,
                   preprocess: Callable[[dict[str, tf.Tensor]], dict[str, tf.Tensor]] | None = None,
                   shuffle_buffer: int = 1024, start_step: int = 0, cache: bool = True,
                   prefetch: int = 2, global_order: bool = False) -> tf.data.Dataset:
-  """Infinite, reshuffled every epoch, batched per host; `start_step` batches are skipped (resume).
+  """Infinite, reshuffled every epoch, batched per host, starting at batch `start_step` (resume: O(1) in the
+  step, see `epoch_stream`). An infinite `ds` (`mix_datasets`) is taken as already shuffled and positioned.
 
   Data order with several processes (`config.data.global_order`):
     False (default): `ds` is this host's shard (`load_split`); each host shuffles its own shard, so the global
@@ -131,31 +177,38 @@ def train_dataset(ds: tf.data.Dataset, *, batch_size: int, seed: int,
       decodes every example: P times the input work.
   """
   hosts = jax.process_count() if global_order else 1
-  if cache:
-    ds = ds.cache()
-  ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat()
+  if int(ds.cardinality()) != tf.data.INFINITE_CARDINALITY:
+    ds = epoch_stream(ds, seed=seed, shuffle_buffer=shuffle_buffer, start=start_step * batch_size * hosts,
+                      cache=cache)
+  elif start_step:
+    raise ValueError("train_dataset: position an infinite dataset yourself (mix_datasets(start=...))")
   if preprocess is not None:
     ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   ds = ds.batch(batch_size * hosts, drop_remainder=True)
   if hosts > 1:
     lo = jax.process_index() * batch_size
     ds = ds.map(lambda b: tf.nest.map_structure(lambda x: x[lo:lo + batch_size], b))
-  if start_step:
-    ds = ds.skip(start_step)
   return _deterministic(ds).prefetch(prefetch)
 
 
 def mix_datasets(sources: list[tf.data.Dataset], weights: list[float], *, seed: int, shuffle_buffer: int,
-                 cache: bool) -> tf.data.Dataset:
-  """An infinite mixture: each source cached (optionally), shuffled with its own seed and repeated, then
-  sampled with probabilities `weights` (deterministic for a seed). Feed it to `train_dataset` with
-  cache=False."""
-  streams = []
-  for i, ds in enumerate(sources):
-    if cache:
-      ds = ds.cache()
-    streams.append(ds.shuffle(shuffle_buffer, seed=seed + i, reshuffle_each_iteration=True).repeat())
-  return tf.data.Dataset.sample_from_datasets(streams, weights=[float(w) for w in weights], seed=seed)
+                 cache: bool, start: int = 0) -> tf.data.Dataset:
+  """An infinite mixture of two datasets, each an `epoch_stream` (own seed), from example `start` of the mix.
+
+  Slot p holds an example of the second source when floor((p + 1) r) > floor(p r), r = weights[1] / sum (to
+  1e-6): the second source fills that fraction of every stretch of the stream (of every batch, to within one
+  example), and how many of the first p slots each source filled is known without replaying them, so a
+  resumed run restarts both sources at their positions (O(1) in the step). Feed it to `train_dataset`.
+  """
+  if len(sources) != 2 or len(weights) != 2:
+    raise ValueError(f"mix_datasets mixes two datasets, got {len(sources)} with weights {weights}")
+  den = 1_000_000
+  num = int(round(den * float(weights[1]) / (float(weights[0]) + float(weights[1]))))
+  second = start * num // den
+  streams = [epoch_stream(ds, seed=seed + i, shuffle_buffer=shuffle_buffer, start=pos, cache=cache)
+             for i, (ds, pos) in enumerate(zip(sources, (start - second, second)))]
+  choice = tf.data.Dataset.range(start, 2**62).map(lambda p: (p + 1) * num // den - p * num // den)
+  return tf.data.Dataset.choose_from_datasets(streams, choice)
 
 
 def _add_mask(example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
@@ -221,6 +274,16 @@ def global_batches(ds: tf.data.Dataset | Any, mesh: Mesh,
   batches = numpy_batches(ds, source) if isinstance(ds, tf.data.Dataset) else ds
   for batch in batches:
     yield jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch)
+
+
+def host_local(tree: Any, mesh: Mesh) -> Any:
+  """Batch-sharded global arrays (e.g. a jitted forward pass's outputs) -> this process's rows as NumPy, in
+  the order `global_batches` took them from this host's batch."""
+  if jax.process_count() == 1:
+    return jax.device_get(tree)
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  local = multihost_utils.global_array_to_host_local_array(tree, mesh, PartitionSpec("data"))
+  return jax.device_get(local)
 
 
 def numpy_batches(ds: tf.data.Dataset, source: DataSource | None = None) -> Iterator[Any]:

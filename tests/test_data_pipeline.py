@@ -5,6 +5,7 @@ import socket
 import jax
 import numpy as np
 import pytest
+import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from input_pipeline import pipeline
@@ -82,6 +83,60 @@ def test_train_order_is_deterministic_and_replayable(tiny_builder):
   assert resumed == a[5:8]
   # Each epoch (3 batches of 2 over 6 clips) visits every clip once.
   assert sorted(sum(map(list, a[:3]), [])) == sorted(sum(map(list, a[3:6]), []))
+
+
+def _counted(n: int, reads: list[int]) -> tf.data.Dataset:
+  """range(n) through Python, counting the examples read (the decoding a resume pays for)."""
+  def gen():
+    for i in range(n):
+      reads[0] += 1
+      yield {"clip_seed": np.int64(i)}
+  ds = tf.data.Dataset.from_generator(gen, output_signature={"clip_seed": tf.TensorSpec((), tf.int64)})
+  return ds.apply(tf.data.experimental.assert_cardinality(n))
+
+
+@pytest.mark.parametrize("start_step", [7, 1_000_003])
+def test_resume_costs_at_most_one_epoch_whatever_the_step(start_step):
+  """Resuming at step s reads fewer than one epoch (+ the shuffle buffer) of examples, not s batches' worth, and
+  gives the batches an uninterrupted run has at steps s, s+1, ...: epoch e is the split shuffled with a seed from
+  (seed, e) (`pipeline.epoch_stream`). Before: `ds.skip(start_step)` decoded every earlier batch (10^6 steps x
+  3 examples here)."""
+  reads = [0]
+  resumed = _seeds(pipeline.train_dataset(_counted(10, reads), batch_size=3, seed=5, shuffle_buffer=10,
+                                          start_step=start_step), 4)
+  assert reads[0] <= 2 * 10
+  # The uninterrupted stream at those positions: epoch e of a fresh stream started at e's first example.
+  pos = start_step * 3
+  stream = []
+  e = pos // 10
+  while len(stream) < (pos % 10) + 12:
+    stream += _seeds(pipeline.epoch_stream(_counted(10, [0]), seed=5, shuffle_buffer=10, start=e * 10).batch(10), 1)[0]
+    e += 1
+  flat = stream[pos % 10:pos % 10 + 12]
+  assert [x for b in resumed for x in b] == flat
+  # Every epoch is a permutation of the split, and consecutive epochs differ.
+  one = _seeds(pipeline.epoch_stream(_counted(10, [0]), seed=5, shuffle_buffer=10).batch(10), 2)
+  assert sorted(one[0]) == sorted(one[1]) == list(range(10)) and one[0] != one[1]
+
+
+def test_mixture_resumes_at_its_position_and_keeps_the_ratio():
+  """`mix_datasets`: the second source fills a quarter of every 4 slots; started at example p the mixture equals
+  the uninterrupted one from p, reading at most about one epoch of each source."""
+  def mix(start, reads=None):
+    reads = reads or [[0], [0]]
+    a = _counted(10, reads[0])
+    b = _counted(6, reads[1]).map(lambda ex: {"clip_seed": ex["clip_seed"] + 100})
+    return pipeline.mix_datasets([a, b], [0.75, 0.25], seed=2, shuffle_buffer=16, cache=True, start=start)
+
+  full = [int(x["clip_seed"]) for x in tfds.as_numpy(mix(0).take(400))]
+  assert sum(x >= 100 for x in full) == 100
+  assert all(sum(x >= 100 for x in full[i:i + 4]) == 1 for i in range(0, 400, 4))
+  reads = [[0], [0]]
+  later = [int(x["clip_seed"]) for x in tfds.as_numpy(mix(350, reads).take(50))]
+  assert later == full[350:400]
+  big = [[0], [0]]
+  list(tfds.as_numpy(mix(10**9, big).take(5)))
+  assert big[0][0] <= 20 and big[1][0] <= 12
 
 
 def test_eval_batches_are_padded_with_mask(tiny_builder):
