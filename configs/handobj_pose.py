@@ -109,6 +109,7 @@ def _base() -> ml_collections.ConfigDict:
   # XLA:CPU's own grouped-conv gradient is 5-40x slower), XLA's grouped conv on GPU / TPU; 'xla', 'matmul',
   # 'block_diag' force one (handobj_jax/models/grouped_conv.py).
   config.model.grouped_conv = "auto"
+  config.model.compute_dtype = "float32"  # "bfloat16": mixed precision for GPU/TPU (models/precision.py).
   config.model.channels = 256      # FPN width = RoI feature channels C.
   config.model.roi_size = 32
   config.model.sampling_ratio = 2

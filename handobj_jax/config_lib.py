@@ -233,6 +233,7 @@ RULES: dict[str, Check] = {
     "model.tiny_stem_width": POSITIVE,
     "model.tiny_stage_planes": int_tuple(4),
     "model.grouped_conv": lazy_choice(_grouped_conv_impls),
+    "model.compute_dtype": choice("float32", "bfloat16"),
     # The pose network (configs/handobj_pose.py).
     "data.crop_scale": POSITIVE_REAL,
     "data.hand_box_scale": POSITIVE_REAL,

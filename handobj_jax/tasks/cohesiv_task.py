@@ -54,6 +54,7 @@ from handobj_jax import tasks
 from handobj_jax import viz
 from handobj_jax.losses import cohesiv_losses
 from handobj_jax.models import cohesiv
+from handobj_jax.models import precision
 from handobj_jax.models import pretrained as pretrained_lib
 
 Batch = dict[str, jax.Array]
@@ -99,6 +100,7 @@ class CohesivTask:
   def __init__(self, config):
     self.config = config
     self.net = make_model(config.model)
+    self.compute_dtype = precision.dtype_of(config)  # bfloat16: mixed precision (models/precision.py).
     self.loss_config = config.loss
     self._forward = jax.jit(self._apply_eval)
 
@@ -117,10 +119,11 @@ class CohesivTask:
     variables = {"params": params, "batch_stats": batch_stats}
     images = as_unit_float(batch["image"])
     if train:
-      out, updates = self.net.apply(variables, images, train=True, mutable=["batch_stats"])
+      out, updates = precision.apply(self.net, variables, images, train=True, mutable=["batch_stats"],
+                                     dtype=self.compute_dtype)
       new_batch_stats = updates["batch_stats"]
     else:
-      out = self.net.apply(variables, images, train=False)
+      out = precision.apply(self.net, variables, images, train=False, dtype=self.compute_dtype)
       new_batch_stats = batch_stats
     loss, metrics = self._loss_and_metrics(out, batch)
     return loss, (metrics, new_batch_stats)
@@ -191,7 +194,7 @@ class CohesivTask:
 
   def _apply_eval(self, variables: dict[str, Any], images: jax.Array,
                   points: jax.Array) -> dict[str, jax.Array]:
-    out = self.net.apply(variables, images, train=False)
+    out = precision.apply(self.net, variables, images, train=False, dtype=self.compute_dtype)
     att = cohesiv.attention_map(out["q"], out["k"], points)
     result = {"z": out["z"], "attention": att.attention}
     if "center" in out:
@@ -201,7 +204,8 @@ class CohesivTask:
   def class_embedding_sums(self, variables: dict[str, Any], batch: Batch) -> dict[str, jax.Array]:
     """Sums of Z over the person / object / background pseudo-label pixels of the real examples:
     {'sums': [3, F], 'counts': [3]} in that order (for the inference statistics of Sec. 3.2)."""
-    out = self.net.apply(variables, as_unit_float(batch["image"]), train=False)
+    out = precision.apply(self.net, variables, as_unit_float(batch["image"]), train=False,
+                          dtype=self.compute_dtype)
     keep = example_mask(batch)[:, None, None]
     masks = jnp.stack([batch[k].astype(bool) & keep for k in
                        ("person_mask", "object_mask", "background_mask")], axis=1).astype(jnp.float32)

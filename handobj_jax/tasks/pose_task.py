@@ -58,6 +58,7 @@ from handobj_jax.losses import pose_losses
 from handobj_jax.models import hand_decoder
 from handobj_jax.models import hand_object
 from handobj_jax.models import mano as mano_lib
+from handobj_jax.models import precision
 from handobj_jax.models import pretrained as pretrained_lib
 
 Batch = dict[str, jax.Array]
@@ -201,6 +202,7 @@ class HandObjectPoseTask:
   def __init__(self, config):
     self.config = config
     self.net = make_model(config.model)
+    self.compute_dtype = precision.dtype_of(config)  # bfloat16: mixed precision (models/precision.py).
     self.mano_model = load_mano_model(config.mano)
     self.image_size = int(config.model.image_size)
     self.roi_size = int(config.model.roi_size)
@@ -232,11 +234,12 @@ class HandObjectPoseTask:
     prep = prepare(batch, self.config.data, aug, self.image_size, self.roi_size, rng if use_aug else None)
     variables = {"params": params, "batch_stats": batch_stats}
     if train:
-      out, updates = self.net.apply(variables, prep["image"], prep["hand_box"], prep["obj_box"], True,
-                                    mutable=["batch_stats"])
+      out, updates = precision.apply(self.net, variables, prep["image"], prep["hand_box"], prep["obj_box"], True,
+                                     mutable=["batch_stats"], dtype=self.compute_dtype)
       new_batch_stats = updates["batch_stats"]
     else:
-      out = self.net.apply(variables, prep["image"], prep["hand_box"], prep["obj_box"], False)
+      out = precision.apply(self.net, variables, prep["image"], prep["hand_box"], prep["obj_box"], False,
+                          dtype=self.compute_dtype)
       new_batch_stats = batch_stats
     loss, metrics = self.losses(out, prep, batch, evaluation=not train)
     return loss, (metrics, new_batch_stats)
@@ -303,7 +306,8 @@ class HandObjectPoseTask:
     the crop (affine, K, boxes), network outputs, MANO joints / vertices in the camera frame (root-relative
     + the ground-truth root: the test protocol), and the ground truth in the same frame."""
     prep = prepare(batch, self.config.data, self.config.augment, self.image_size, self.roi_size, None)
-    out = self.net.apply(variables, prep["image"], prep["hand_box"], prep["obj_box"], False)
+    out = precision.apply(self.net, variables, prep["image"], prep["hand_box"], prep["obj_box"], False,
+                          dtype=self.compute_dtype)
     mano = self.hand_mesh(out["theta"], out["beta"])
     root = prep["root"][:, None]
     result = {
