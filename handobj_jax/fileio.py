@@ -13,13 +13,14 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import socket
 from typing import Any, Mapping
 
 import numpy as np
 
 
 def _tmp_name(path: str) -> str:
-  return f"{path}.tmp-{os.getpid()}"
+  return f"{path}.tmp-{socket.gethostname()}-{os.getpid()}"
 
 
 def write_bytes_atomic(path: str, data: bytes) -> str:
@@ -97,3 +98,13 @@ def load_pickle(path: str) -> Any:
   with open(path, "rb") as f:
     data = f.read()
   return RestrictedUnpickler(io.BytesIO(data), encoding="latin1").load()
+
+
+def check_local_path(path: str, what: str) -> None:
+  """Raises ValueError for a URL (gs://, s3://, ...): the project writes workdirs and reads data dirs with local
+  file I/O, so a URL would silently become a relative local path (./gs:/bucket/...)."""
+  scheme, sep, _ = str(path).partition("://")
+  if sep and scheme and scheme.replace("+", "").replace("-", "").replace(".", "").isalnum():
+    raise ValueError(f"{what} {path!r} is a URL: cloud storage paths are not supported yet (workdirs and data "
+                     "dirs are read and written with local file I/O); mount the bucket (e.g. gcsfuse) and pass "
+                     "the mounted path")

@@ -118,6 +118,11 @@ def _maybe_initialize_distributed(mode: str) -> None:
 def _check_workdir(workdir: str | None) -> str:
   if not workdir:
     raise UsageError("--workdir is required")
+  from handobj_jax import fileio  # pylint: disable=g-import-not-at-top
+  try:
+    fileio.check_local_path(workdir, "--workdir")
+  except ValueError as e:
+    raise UsageError(str(e)) from None
   workdir = os.path.abspath(os.path.expanduser(workdir))
   try:
     os.makedirs(workdir, exist_ok=True)

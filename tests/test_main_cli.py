@@ -9,9 +9,10 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _run(*args, timeout=120):
+def _run(*args, timeout=120, cwd=ROOT):
   env = {**os.environ, "PYTHONPATH": ROOT}
-  proc = subprocess.run([sys.executable, "-m", "handobj_jax.main", *args], cwd=ROOT, env=env,
+  args = [a.replace("=configs/", f"={ROOT}/configs/") if cwd != ROOT else a for a in args]
+  proc = subprocess.run([sys.executable, "-m", "handobj_jax.main", *args], cwd=cwd, env=env,
                         capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
   return proc.returncode, proc.stdout, proc.stderr
 
@@ -55,6 +56,16 @@ def test_unwritable_workdir(tmp_path):
   blocker.write_text("x")
   rc, _, err = _run("--config=configs/synthetic_data.py", f"--workdir={blocker}/sub")
   _assert_one_line_error(rc, err, "not writable", str(blocker))
+
+
+@pytest.mark.parametrize("flag,what", [("--workdir=gs://bucket/runs", "--workdir"),
+                                       ("--config.data.data_dir=gs://bucket/data", "config.data.data_dir")])
+def test_cloud_urls_are_refused_with_one_line(tmp_path, flag, what):
+  """Before: main.py made `gs://bucket/runs` the local directory ./gs:/bucket/runs and wrote the run there."""
+  args = [flag] + ([] if flag.startswith("--workdir") else [f"--workdir={tmp_path}/w"])
+  rc, _, err = _run("--config=configs/synthetic_data.py:tiny", *args, cwd=str(tmp_path))
+  _assert_one_line_error(rc, err, what, "is a URL", "gcsfuse")
+  assert not (tmp_path / "gs:").exists()
 
 
 def test_missing_workdir_flag():
