@@ -24,22 +24,16 @@
 # Rerunning the same command resumes from the workdir's latest checkpoint.
 # Usage errors print one line and exit 2.
 set -euo pipefail
+# The shared helpers (fail, show) sit next to this script; under sbatch the script runs from a spool copy, so
+# they are found through the submission directory (the repository root: sbatch launch/slurm.sh ...).
+here=$(dirname "$0")
+[[ -f $here/common.sh ]] || here=${SLURM_SUBMIT_DIR:-.}/launch
+# shellcheck source=launch/common.sh
+. "$here/common.sh"
 
 usage() {
   echo "usage: launch/local_gpus.sh [--dry-run] [--processes=N] [--port=PORT] CONFIG WORKDIR [FLAGS...]" >&2
   exit 2
-}
-fail() {
-  echo "error: $*" >&2
-  exit 2
-}
-# Prints one command line: each word shell-quoted, separated by single spaces.
-show() {
-  local line="" word
-  for word in "$@"; do
-    line+="${line:+ }$(printf '%q' "$word")"
-  done
-  printf '%s' "$line"
 }
 
 dry_run=0

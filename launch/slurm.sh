@@ -20,18 +20,16 @@
 #SBATCH --signal=TERM@120
 #SBATCH --output=slurm-%j.out
 set -euo pipefail
+# The shared helpers (fail, show) sit next to this script; under sbatch the script runs from a spool copy, so
+# they are found through the submission directory (the repository root: sbatch launch/slurm.sh ...).
+here=$(dirname "$0")
+[[ -f $here/common.sh ]] || here=${SLURM_SUBMIT_DIR:-.}/launch
+# shellcheck source=launch/common.sh
+. "$here/common.sh"
 
 usage() {
   echo "usage: launch/slurm.sh [--dry-run] CONFIG WORKDIR [FLAGS...]" >&2
   exit 2
-}
-# Prints one command line: each word shell-quoted, separated by single spaces.
-show() {
-  local line="" word
-  for word in "$@"; do
-    line+="${line:+ }$(printf '%q' "$word")"
-  done
-  printf '%s\n' "$line"
 }
 
 dry_run=0
@@ -50,6 +48,7 @@ cmd=(srun --kill-on-bad-exit=1 "${HANDOBJ_PYTHON:-python}" -m handobj_jax.main -
      --workdir="$workdir" --distributed=auto "$@")
 if ((dry_run)); then
   show "HANDOBJ_DATA_DIR=$HANDOBJ_DATA_DIR" "${cmd[@]}"
+  echo
   exit 0
 fi
 "${cmd[@]}"
