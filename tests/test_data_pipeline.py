@@ -139,6 +139,26 @@ def test_mixture_resumes_at_its_position_and_keeps_the_ratio():
   assert big[0][0] <= 20 and big[1][0] <= 12
 
 
+def test_global_batches_send_the_next_batches_ahead_in_order():
+  """`global_batches(prefetch=2)`: when batch k is handed out, batches k + 1 and k + 2 have been put on the
+  devices already (their transfer overlaps step k); order and count are unchanged."""
+  pulled = []
+
+  def host():
+    for i in range(5):
+      pulled.append(i)
+      yield {"x": np.full((2, 3), i, np.float32)}
+
+  mesh = pipeline.make_data_mesh()
+  seen = []
+  for batch in pipeline.global_batches(host(), mesh, prefetch=2):
+    assert isinstance(batch["x"], jax.Array)
+    seen.append(int(np.asarray(batch["x"])[0, 0]))
+    assert len(pulled) == min(5, len(seen) + 2)
+  assert seen == [0, 1, 2, 3, 4]
+  assert [int(np.asarray(b["x"])[0, 0]) for b in pipeline.global_batches(host(), mesh, prefetch=0)] == seen
+
+
 def test_eval_batches_are_padded_with_mask(tiny_builder):
   ds = pipeline.eval_dataset(pipeline.load_split(tiny_builder, "train"), batch_size=4)
   batches = list(tfds.as_numpy(ds))

@@ -318,3 +318,32 @@ def test_step_decay_with_adam_and_resume(tmp_path):
   assert actions[9] == actions[19] == "lr_cut" and actions.count("lr_cut") == 2
   assert s.learning_rate == pytest.approx(0.49) and not s.stopped
   assert schedule.from_dict(s.to_dict()) == s
+
+
+@pytest.mark.parametrize("model", ["toy", pytest.param("cohesiv", marks=pytest.mark.slow)])
+def test_train_step_runs_without_host_transfers(model):
+  """GPU/TPU path: once compiled, the jitted train step moves nothing between host and device (the state is
+  donated and stays on device, batches arrive as global device arrays, the metrics stay on device until the
+  loop reads them). `jax.transfer_guard('disallow')` fails on any implicit transfer; the guard is first shown
+  to fire on a host batch."""
+  mesh = pipeline.make_data_mesh()
+  if model == "toy":
+    task, config, host_batch = ToyTask(), _config(), _batch(0)
+  else:
+    from tests import test_cohesiv_train as helpers  # pylint: disable=g-import-not-at-top
+    from handobj_jax.tasks import cohesiv_task  # pylint: disable=g-import-not-at-top
+    config, host_batch = helpers._smoke_config(), helpers._batch(2)  # pylint: disable=protected-access
+    task = cohesiv_task.CohesivTask(config)
+  batch = next(pipeline.global_batches([host_batch], mesh))
+  make_state, _ = trainer.init_state(task, config, mesh, batch)
+  state = make_state()
+  step = trainer.make_train_step(task, mesh)
+  state, metrics = step(state, batch)  # Compiles.
+  jax.block_until_ready(metrics)
+  with jax.transfer_guard("disallow"):
+    with pytest.raises(Exception, match="[Dd]isallowed"):
+      step(state, host_batch)  # A NumPy batch is an implicit host-to-device transfer: the guard fires.
+    for _ in range(2):
+      state, metrics = step(state, batch)
+    jax.block_until_ready((state, metrics))
+  assert bool(jax.device_get(metrics["finite"]))
