@@ -6,7 +6,7 @@
 For each config variant: the jitted train step of the shared trainer (`trainer.make_train_step`, state
 donated, in-step crop + augmentation included) on a fixed batch of synthetic 3D examples at that variant's
 image size, on every local device of the default backend. Prints a table: parameters, image and crop size,
-batch, compile time (first step), median and best step time over the timed steps, examples/s, and the peak
+batch, compile time (compilation and the first step), median and best step time over the timed steps, examples/s, and the peak
 RSS of this process. `default` is the paper-sized model (ResNet-50 FPN, 512x512 crops): on a CPU it is run at
 a small batch (`--default-batch`) to give a step time, not to train.
 """
@@ -21,6 +21,8 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench_train_step import compile_with_flops  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def _batch(n: int, size: int):
@@ -53,6 +55,7 @@ def run_variant(variant: str, steps: int, batch_size: int | None, grouped_conv: 
   params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
   step = trainer.make_train_step(task, mesh)
   t0 = time.perf_counter()
+  step, _, flops = compile_with_flops(step, state, batch)  # Ahead of time: XLA's flop count of the step.
   state, metrics = step(state, batch)
   jax.block_until_ready(metrics)
   compile_s = time.perf_counter() - t0
@@ -64,7 +67,7 @@ def run_variant(variant: str, steps: int, batch_size: int | None, grouped_conv: 
     times.append(time.perf_counter() - t0)
   med = float(np.median(times))
   return {"variant": variant, "grouped_conv": grouped_conv, "params": params, "image": config.model.image_size, "batch": config.batch_size,
-          "compile_s": compile_s, "step_s": med, "best_s": float(np.min(times)),
+          "compile_s": compile_s, "flops": flops, "step_s": med, "best_s": float(np.min(times)),
           "examples_per_s": config.batch_size / med, "devices": str(jax.devices()[0].platform) + f" x{jax.device_count()}",
           "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
 

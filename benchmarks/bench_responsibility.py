@@ -123,6 +123,12 @@ def numpy_clip_responsibility(flow, flow_valid, verts, hand_valid, temp=2.0):
   return out
 
 
+def jax_responsibility_fn():
+  """The jitted JAX side of the comparison: R [B, S, S, N + 1] from (flow, flow_valid, verts, hand_valid)."""
+  return jax.jit(
+      lambda f, fv, v, hv: clip_responsibility(f, fv, v, None, hv, 2.0)[0])
+
+
 def time_fn(fn, repeats):
   times = []
   for _ in range(repeats):
@@ -140,8 +146,7 @@ def main():
   args = parser.parse_args()
 
   rng = np.random.default_rng(0)
-  jit_fn = jax.jit(
-      lambda f, fv, v, hv: clip_responsibility(f, fv, v, None, hv, 2.0)[0])
+  jit_fn = jax_responsibility_fn()
   rows = []
   for size in args.sizes:
     flow, flow_valid, verts, hand_valid = make_inputs(rng, args.batch, size)

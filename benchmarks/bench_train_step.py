@@ -12,7 +12,8 @@ Workload (one optimiser step, batch B = 10 at S x S, default S = 256, the paper'
 Inputs are random (images, responsibilities, masks, points): the cost does not depend on the values.
 
 Each framework runs in its own subprocess so peak memories do not mix. Timing: `--warmup` steps (JAX:
-includes compilation), then `--steps` timed steps, each blocked on (JAX: block_until_ready on the loss;
+includes compilation, done ahead of time with `jit(step).lower(...).compile()`; the worker's JSON also
+reports that compile time and XLA's flop count of the step, which benchmarks/bench_all.py uses), then `--steps` timed steps, each blocked on (JAX: block_until_ready on the loss;
 PyTorch is synchronous on CPU). Memory: peak resident set size of the worker process
 (`resource.getrusage` ru_maxrss, whole process incl. the framework itself) and the peak RSS sampled every
 5 ms by a thread during the timed steps.
@@ -86,28 +87,57 @@ def _report(times: list[float], batch: int, sampled_peak: int, extra: dict) -> N
                     "train_peak_rss_mib": sampled_peak / 2**20, **extra}))
 
 
-def _worker_jax(args) -> None:
-  sys.path.insert(0, _ROOT)
-  import jax  # pylint: disable=import-outside-toplevel
-  from handobj_jax.tasks import cohesiv_task  # pylint: disable=import-outside-toplevel
-  try:
-    from configs import cohesiv as cohesiv_configs  # pylint: disable=import-outside-toplevel
-    from handobj_jax.train import trainer  # pylint: disable=import-outside-toplevel
-    from input_pipeline import pipeline  # pylint: disable=import-outside-toplevel
-  except ImportError as e:  # A machine without tensorflow / clu / ml_collections: same step, inline.
-    print(f"note: {e}; using the inline train step", file=sys.stderr)
-    return _worker_jax_inline(args, jax, cohesiv_task)
+def compile_with_flops(jitted, *example_args) -> tuple[object, float, float]:
+  """(the compiled executable, seconds to lower and compile it, XLA's flop count of one call).
 
+  The flops are XLA's cost analysis of the optimised program (`compiled.cost_analysis()["flops"]`); it
+  counts elementwise ops too, so it slightly exceeds the multiply-adds of the convolutions and matmuls."""
+  t0 = time.perf_counter()
+  compiled = jitted.lower(*example_args).compile()
+  seconds = time.perf_counter() - t0
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):  # Older JAX: one dict per program.
+    cost = cost[0] if cost else {}
+  return compiled, seconds, float((cost or {}).get("flops", float("nan")))
+
+
+def jax_task(args):
+  """`CohesivTask` of the `default` COHESIV config with `args.encoder` and batch `args.batch`, no flips."""
+  from configs import cohesiv as cohesiv_configs  # pylint: disable=import-outside-toplevel
+  from handobj_jax.tasks import cohesiv_task  # pylint: disable=import-outside-toplevel
   config = cohesiv_configs.get_config("default")
   config.unlock()
   config.model.encoder = args.encoder
   config.augment.flip_prob = 0.0
   config.batch_size = args.batch
-  task = cohesiv_task.CohesivTask(config)
+  return cohesiv_task.CohesivTask(config)
+
+
+def jax_setup(args):
+  """(task, mesh, global batch, train state) of the `default` COHESIV config with `args.encoder`, batch
+  `args.batch` of random `args.size`^2 inputs; the shared trainer's state. Needs tensorflow, clu and
+  ml_collections (ImportError otherwise)."""
+  from handobj_jax.train import trainer  # pylint: disable=import-outside-toplevel
+  from input_pipeline import pipeline  # pylint: disable=import-outside-toplevel
+
+  task = jax_task(args)
+  config = task.config
   mesh = pipeline.make_data_mesh()
   batch = next(pipeline.global_batches([_inputs(args.batch, args.size)], mesh))
   make, _ = trainer.init_state(task, config, mesh, batch)
-  state = make()
+  return task, mesh, batch, make()
+
+
+def _worker_jax(args) -> None:
+  sys.path.insert(0, _ROOT)
+  import jax  # pylint: disable=import-outside-toplevel
+  from handobj_jax.tasks import cohesiv_task  # pylint: disable=import-outside-toplevel
+  try:
+    from handobj_jax.train import trainer  # pylint: disable=import-outside-toplevel
+    task, mesh, batch, state = jax_setup(args)
+  except ImportError as e:  # A machine without tensorflow / clu / ml_collections: same step, inline.
+    print(f"note: {e}; using the inline train step", file=sys.stderr)
+    return _worker_jax_inline(args, jax, cohesiv_task)
   step = trainer.make_train_step(task, mesh)
   _time_jax(args, jax, step, state, batch)
 
@@ -147,6 +177,7 @@ def _worker_jax_inline(args, jax, cohesiv_task) -> None:
 
 def _time_jax(args, jax, step, state, batch, params_of=lambda s: s.params) -> None:
   t0 = time.perf_counter()
+  step, compile_s, flops = compile_with_flops(step, state, batch)
   for _ in range(args.warmup):
     state, metrics = step(state, batch)
     jax.block_until_ready(metrics["loss"])
@@ -164,7 +195,8 @@ def _time_jax(args, jax, step, state, batch, params_of=lambda s: s.params) -> No
   if "peak_bytes_in_use" in stats:
     extra["gpu_peak_mib"] = stats["peak_bytes_in_use"] / 2**20
   _report(times, args.batch, sampler.peak, {
-      **extra, "warmup_s": warm, "device": f"{jax.devices()[0].platform} x{jax.device_count()}",
+      **extra, "warmup_s": warm, "compile_s": compile_s, "flops": flops,
+      "device": f"{jax.devices()[0].platform} x{jax.device_count()}",
       "params": int(sum(x.size for x in jax.tree.leaves(params_of(state))))})
 
 
@@ -238,7 +270,9 @@ def _torch_loss(torch, z, q, k, center, b):
   return 10 * l_att + l_emb + l_center
 
 
-def _worker_torch(args) -> None:
+def torch_setup(args, train: bool = True):
+  """(torch, device, the PyTorch COHESIV of `args.encoder` in train or eval mode, the random batch of
+  `_inputs` as tensors, the NCHW image, ImageNet mean, std)."""
   sys.path.insert(0, _ROOT)
   try:
     from tests import reference_helpers  # pylint: disable=import-outside-toplevel
@@ -248,12 +282,17 @@ def _worker_torch(args) -> None:
   import torch  # pylint: disable=import-outside-toplevel
   torch.manual_seed(0)
   dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-  model = _torch_model(torch, timm, args.encoder).train().to(dev)
-  opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=1e-2)
+  model = _torch_model(torch, timm, args.encoder).train(train).to(dev)
   b = {k: torch.from_numpy(v).to(dev) for k, v in _inputs(args.batch, args.size).items()}
   x = b["image"].permute(0, 3, 1, 2).contiguous()
   mean = torch.tensor([0.485, 0.456, 0.406], device=dev)[None, :, None, None]
   std = torch.tensor([0.229, 0.224, 0.225], device=dev)[None, :, None, None]
+  return torch, dev, model, b, x, mean, std
+
+
+def _worker_torch(args) -> None:
+  torch, dev, model, b, x, mean, std = torch_setup(args)
+  opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=1e-2)
 
   def step():
     opt.zero_grad(set_to_none=True)

@@ -192,8 +192,9 @@ def ensure_inference_stats(model: LoadedModel, config, workdir: str, builder) ->
   console.say(f"{path} not found: computing the mean embeddings from the training split")
   host_bs = pipeline.host_batch_size(config.batch_size, model.mesh)
   ds = pipeline.load_split(builder, "train").map(train_job.select_fields)
-  batches = pipeline.global_batches(pipeline.eval_dataset(ds, batch_size=host_bs), model.mesh,
-                                    source=train_job.data_source(builder, "train"))
+  steps = pipeline.eval_num_batches(builder, "train", host_bs)  # The same count on every process.
+  batches = pipeline.global_batches(pipeline.eval_dataset(ds, batch_size=host_bs, num_batches=steps),
+                                    model.mesh, source=train_job.data_source(builder, "train"))
   stats = train_job.inference_stats(model.task, model.state, model.mesh, batches,
                                     config.inference_stats.min_pixels, config.inference_stats.min_images)
   stats["checkpoint_step"] = np.int64(model.step)
