@@ -1,4 +1,5 @@
 """A test stand-in for a TFDS builder over in-memory splits (shared by the COHESIV train and eval tests)."""
+import re
 import types
 
 import tensorflow as tf
@@ -15,5 +16,12 @@ class MemoryBuilder:
     self.data_dir = "<memory>"
 
   def as_dataset(self, split, shuffle_files=False, read_config=None):
+    """A split name, or a TFDS absolute slice of one ('test[2:5]', as `pipeline.host_block` makes)."""
     del shuffle_files, read_config
-    return tf.data.Dataset.from_tensor_slices(self._splits[split])
+    m = re.fullmatch(r"(\w+)(?:\[(\d*):(\d*)\])?", split)
+    name, lo, hi = m.group(1), m.group(2), m.group(3)
+    data = self._splits[name]
+    if m.group(2) is not None:
+      cut = slice(int(lo) if lo else None, int(hi) if hi else None)
+      data = {k: v[cut] for k, v in data.items()}
+    return tf.data.Dataset.from_tensor_slices(data)
