@@ -132,13 +132,13 @@ class LoadedModel:
         res["center"] = out["center"]
       return res
 
-    self._fwd = jax.jit(fwd)
+    self.jitted_forward = jax.jit(fwd)  # (variables, images, points) -> device outputs (benchmarks use it).
     self._att = jax.jit(lambda q, k, p: cohesiv.attention_map(q, k, p).attention)
 
   def forward(self, images: np.ndarray, points: np.ndarray) -> dict[str, Any]:
     """images [B, H, W, 3] float32 in [0, 1] (H, W multiples of 32), points [B, P, 2] -> z [B,H,W,F],
     attention [B,P,H,W], center [B,H,W] (NumPy), q / k (device arrays, for `attention`)."""
-    out = self._fwd(self.variables, np.asarray(images, np.float32), np.asarray(points, np.float32))
+    out = self.jitted_forward(self.variables, np.asarray(images, np.float32), np.asarray(points, np.float32))
     host = jax.device_get({k: v for k, v in out.items() if k not in ("q", "k")})
     host.update(q=out["q"], k=out["k"])
     return host
