@@ -6,8 +6,8 @@ over the batch axis of a `('data',)` mesh spanning every device of every host. O
 the seed (`options.deterministic`, seeded shuffles). Training streams are indexed by epoch (epoch e is the split
 shuffled with a seed derived from (seed, e)), so resuming at step s starts at epoch s*B // N and skips fewer
 than N examples of it: the resumed run sees exactly the batches of an uninterrupted one, at a cost bounded by
-one epoch whatever the step (`epoch_stream`). Evaluation batches are padded to a fixed size with a boolean `_mask` so every host runs the same
-number of steps.
+one epoch whatever the step (`epoch_stream`). Evaluation batches are padded to a fixed size with a boolean
+`_mask` so every host runs the same number of steps.
 
 Damaged data is reported, never a raw TensorFlow traceback: `open_prepared` checks a prepared dataset's
 `dataset_info.json` and that every shard file exists with the size the metadata records (a truncated or

@@ -81,7 +81,8 @@ def _check_close(runs, key: str = "loss") -> None:
 def test_cohesiv_bf16_convs_and_training_close_to_float32():
   batch = cohesiv_helpers._batch(2)  # pylint: disable=protected-access
   runs = _train_pair(cohesiv_task.CohesivTask,
-                     lambda d: cohesiv_helpers._smoke_config(**{"model.compute_dtype": d}),  # pylint: disable=protected-access
+                     lambda d: cohesiv_helpers._smoke_config(  # pylint: disable=protected-access
+                         **{"model.compute_dtype": d}),
                      batch)
   task16, state, _, _ = runs["bfloat16"]
   task32 = runs["float32"][0]
@@ -97,9 +98,11 @@ def test_cohesiv_bf16_convs_and_training_close_to_float32():
 
 @pytest.mark.slow
 def test_pose_bf16_network_and_training_close_to_float32():
-  batch = {k: v for k, v in pose_helpers._examples(2).items() if k in pose_data.TRAIN_FIELDS}  # pylint: disable=protected-access
+  examples = pose_helpers._examples(2)  # pylint: disable=protected-access
+  batch = {k: v for k, v in examples.items() if k in pose_data.TRAIN_FIELDS}
   runs = _train_pair(pose_task.HandObjectPoseTask,
-                     lambda d: pose_helpers._smoke(**{"model.compute_dtype": d, "augment.enabled": False}),  # pylint: disable=protected-access
+                     lambda d: pose_helpers._smoke(  # pylint: disable=protected-access
+                         **{"model.compute_dtype": d, "augment.enabled": False}),
                      batch)
   task16, state, _, _ = runs["bfloat16"]
   gbatch = {k: jnp.asarray(v) for k, v in batch.items()}

@@ -197,7 +197,8 @@ def train(config, workdir: str) -> dict[str, Any]:
                 f"filters{'' if pseudo['use_spatial'] else ', spatial filters off'}"
                 f"{'' if pseudo['use_temporal'] else ', temporal filters off'}; fraction "
                 f"{pseudo['fraction']:g}; {pseudo['left_skipped']} left-hand frames not used), "
-                f"{100 * pseudo['ratio']:.0f}% of each batch in expectation, object loss masked on them (Eq. 8)")
+                f"{100 * pseudo['ratio']:.0f}% of each batch (to within one example), object loss masked on them "
+                "(Eq. 8)")
   result = trainer.fit(task, config, workdir, mesh=mesh, train_batches=train_batches,
                        eval_batches=eval_batches, steps_per_epoch=steps_per_epoch,
                        example_batch=next(eval_batches()))
