@@ -210,7 +210,9 @@ def mix_datasets(sources: list[tf.data.Dataset], weights: list[float], *, seed: 
   streams = [epoch_stream(ds, seed=seed + i, shuffle_buffer=shuffle_buffer, start=pos, cache=cache)
              for i, (ds, pos) in enumerate(zip(sources, (start - second, second)))]
   choice = tf.data.Dataset.range(start, 2**62).map(lambda p: (p + 1) * num // den - p * num // den)
-  return tf.data.Dataset.choose_from_datasets(streams, choice)
+  mixed = tf.data.Dataset.choose_from_datasets(streams, choice)
+  # tf.data reports the mixture's cardinality as unknown; `train_dataset` must see that it is infinite.
+  return mixed.apply(tf.data.experimental.assert_cardinality(tf.data.INFINITE_CARDINALITY))
 
 
 def _add_mask(example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:

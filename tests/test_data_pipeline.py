@@ -137,6 +137,14 @@ def test_mixture_resumes_at_its_position_and_keeps_the_ratio():
   big = [[0], [0]]
   list(tfds.as_numpy(mix(10**9, big).take(5)))
   assert big[0][0] <= 20 and big[1][0] <= 12
+  # Through train_dataset (the pose job's path), with a filtered source of unknown length: before, the mixture's
+  # unknown cardinality sent it into epoch_stream, which counted the infinite stream forever.
+  filtered = _counted(12, [0]).filter(lambda ex: ex["clip_seed"] % 2 == 0)
+  batches = pipeline.train_dataset(
+      pipeline.mix_datasets([_counted(10, [0]), filtered], [0.5, 0.5], seed=2, shuffle_buffer=16, cache=True),
+      batch_size=4, seed=0, cache=False)
+  got = [b["clip_seed"].tolist() for b in tfds.as_numpy(batches.take(3))]
+  assert all(len(b) == 4 and sum(x % 2 == 0 for x in b[1::2]) == 2 for b in got), got
 
 
 def test_global_batches_send_the_next_batches_ahead_in_order():
