@@ -16,6 +16,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from handobj_jax import fileio
+
 PROTOCOL = ("Test protocol (the released supervised code's): the hand box, the object box (projected "
             "control points) and the hand's root joint are taken from the ground truth (oracle boxes and "
             "root; on HO-3D's evaluation split, its given hand box and root); joints and vertices are the "
@@ -124,8 +126,5 @@ def write_report(out_dir: str, report: dict[str, Any]) -> tuple[str, str]:
   md_path, json_path = os.path.join(out_dir, "report.md"), os.path.join(out_dir, "report.json")
   if jax.process_index() == 0:
     for path, text in ((md_path, markdown(report)), (json_path, json.dumps(report, indent=1))):
-      tmp = f"{path}.tmp-{os.getpid()}"
-      with open(tmp, "w") as f:
-        f.write(text)
-      os.replace(tmp, path)
+      fileio.write_text_atomic(path, text)
   return md_path, json_path

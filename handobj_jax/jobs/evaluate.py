@@ -184,7 +184,8 @@ def ensure_inference_stats(model: LoadedModel, config, workdir: str, builder) ->
   from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
 
   path = os.path.join(workdir, cohesiv_eval.STATS_FILE)
-  if os.path.isfile(path):
+  # One decision for all processes: each one computing alone would leave the others waiting at its collectives.
+  if not multihost.any_process(not os.path.isfile(path)):
     try:
       return cohesiv_eval.load_inference_stats(path)
     except ValueError as e:
@@ -199,6 +200,7 @@ def ensure_inference_stats(model: LoadedModel, config, workdir: str, builder) ->
                                     config.inference_stats.min_pixels, config.inference_stats.min_images)
   stats["checkpoint_step"] = np.int64(model.step)
   train_job.save_inference_stats(workdir, stats)
+  multihost.sync("inference_stats_written")
   return stats
 
 

@@ -415,8 +415,8 @@ def evaluate(config, workdir: str) -> dict[str, Any]:
   if jax.process_index() == 0:
     fig_paths = pose_figures.write_eval_figures(os.path.join(out_dir, "figures"), rows[0]["figures"],
                                                 rows[0]["faces"])
-  with open(md_path) as f:
-    console.say(f.read().rstrip())
+  multihost.sync("pose_eval_written")  # Nothing reads the files before process 0 has written them.
+  console.say(pose_eval.markdown(report).rstrip())
   if submission is not None:
     console.say(f"wrote the HO-3D submission {submission['zip']} ({submission['count']} frames, checked: shapes, "
                 "OpenGL frame, evaluation.txt order); upload it to the HO-3D CodaLab challenge of your version")

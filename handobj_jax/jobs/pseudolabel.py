@@ -52,6 +52,7 @@ import tensorflow_datasets as tfds
 from absl import logging
 
 from handobj_jax import console
+from handobj_jax import fileio
 from handobj_jax import jobs
 from handobj_jax import multihost
 from handobj_jax import preemption
@@ -413,8 +414,7 @@ def run(config, workdir: str) -> dict[str, Any]:
   builder = _ensure(config)
   report = ce.read_report(builder)
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, ce.REPORT_FILE), "w") as f:
-      json.dump(report, f, indent=1, sort_keys=True)
+    fileio.write_text_atomic(os.path.join(workdir, ce.REPORT_FILE), json.dumps(report, indent=1, sort_keys=True))
   console.say(f"pseudo-labels at {builder.data_dir}")
   for split, info in report["splits"].items():
     console.say(f"  {split}: {info['examples']} examples from {info['clips']} clips "
@@ -492,9 +492,8 @@ def run_baseline(config, workdir: str) -> dict[str, Any]:
   results["dataset"] = os.fspath(builder.data_dir)
   table = baseline_markdown(results, ce.source_name(config))
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "responsibility_baseline.json"), "w") as f:
-      json.dump(results, f, indent=1, sort_keys=True)
-    with open(os.path.join(workdir, "responsibility_baseline.md"), "w") as f:
-      f.write(table)
+    fileio.write_text_atomic(os.path.join(workdir, "responsibility_baseline.json"),
+                             json.dumps(results, indent=1, sort_keys=True))
+    fileio.write_text_atomic(os.path.join(workdir, "responsibility_baseline.md"), table)
   console.say(table)
   return results

@@ -35,6 +35,7 @@ import numpy as np
 import tensorflow as tf
 
 from handobj_jax import console
+from handobj_jax import fileio
 from handobj_jax import jobs
 from handobj_jax import preemption
 from handobj_jax.tasks import cohesiv_task
@@ -90,10 +91,7 @@ def write_config(config, workdir: str, keys: tuple[str, ...] = ("model",)) -> st
         raise jobs.JobInputError(f"{workdir} holds checkpoints of a different config ({diff}); use another "
                                  "--workdir, or the config it was trained with")
   if jax.process_index() == 0:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
-    os.replace(tmp, path)
+    fileio.write_text_atomic(path, config.to_json_best_effort(indent=2))
   return path
 
 
@@ -264,9 +262,9 @@ def inference_stats(task: cohesiv_task.CohesivTask, state, mesh, batches, min_pi
 def save_inference_stats(workdir: str, stats: dict[str, np.ndarray]) -> str:
   path = os.path.join(workdir, STATS_FILE)
   if jax.process_index() == 0:
-    np.savez(path, **stats)
-    with open(os.path.splitext(path)[0] + ".json", "w") as f:
-      json.dump({k: np.asarray(v).tolist() for k, v in stats.items()}, f, indent=1)
+    fileio.save_npz_atomic(path, stats)
+    fileio.write_text_atomic(os.path.splitext(path)[0] + ".json",
+                             json.dumps({k: np.asarray(v).tolist() for k, v in stats.items()}, indent=1))
   return path
 
 
@@ -275,5 +273,4 @@ def load_inference_stats(workdir: str) -> dict[str, np.ndarray]:
   path = os.path.join(workdir, STATS_FILE)
   if not os.path.exists(path):
     raise jobs.JobInputError(f"{path} not found: run the train job for this workdir first")
-  with np.load(path) as data:
-    return {k: data[k] for k in data.files}
+  return fileio.load_npz(path)
