@@ -73,9 +73,8 @@ def _base() -> ml_collections.ConfigDict:
   config.model.pretrained = ""     # timm ImageNet weights (.pth/.safetensors/.npz); '' = from scratch.
   config.model.tiny_stem_width = 8
   config.model.tiny_stage_planes = (4, 8, 16, 32)
-  # Grouped 3x3 convs: 'auto' = on CPU a block-diagonal dense conv (<= 4 groups) or an im2col matmul (more;
-  # XLA:CPU's own grouped-conv gradient is 5-40x slower), XLA's grouped conv on GPU / TPU; 'xla', 'matmul',
-  # 'block_diag' force one (handobj_jax/models/grouped_conv.py).
+  # Grouped 3x3 convs' formulation: 'auto' picks the fastest for the backend and group size; 'xla', 'matmul',
+  # 'block_diag', 'fma' force one (handobj_jax/models/grouped_conv.py, with measurements).
   config.model.grouped_conv = "auto"
   config.model.compute_dtype = "float32"  # "bfloat16": mixed precision for GPU/TPU (models/precision.py).
 

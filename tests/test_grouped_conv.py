@@ -1,8 +1,10 @@
 """Tests for handobj_jax.models.grouped_conv: the im2col + batched-matmul and block-diagonal formulations against
 `lax.conv_general_dilated(..., feature_group_count=G)` (the reference), in value and gradient.
 
-The encoders use the formulation of `config.model.grouped_conv` ('auto' = 'matmul' on CPU), so the timm
-parity tests of SE-ResNeXt-50 in tests/test_encoders.py check the 'matmul' path inside the whole network.
+The encoders use the formulation of `config.model.grouped_conv` ('auto' on CPU = 'fma' while a group has <= 8
+input channels, else 'matmul'), so the timm parity tests of SE-ResNeXt-50 in tests/test_encoders.py check both
+forward paths inside the whole network. 'fma' runs the 'matmul' formulation under differentiation; the gradient
+tests here check that path.
 
 Tolerance: float32 rounding of sums over kh * kw * Cg <= 9 * 16 terms in a different order: |diff| <=
 1e-5 * (1 + |y|) on values, and 2e-5 of the largest element on the gradients.
@@ -39,7 +41,7 @@ def _conv(impl, case):
 
 
 @pytest.mark.parametrize("case", CASES)
-@pytest.mark.parametrize("impl", ["matmul", "block_diag"])
+@pytest.mark.parametrize("impl", ["matmul", "block_diag", "fma"])
 def test_formulation_equals_xla_in_value(case, impl):
   x, k = _inputs(case)
   ref = np.asarray(jax.jit(_conv("xla", case))(x, k))
@@ -49,7 +51,7 @@ def test_formulation_equals_xla_in_value(case, impl):
 
 
 @pytest.mark.parametrize("case", CASES)
-@pytest.mark.parametrize("impl", ["matmul", "block_diag"])
+@pytest.mark.parametrize("impl", ["matmul", "block_diag", "fma"])
 def test_formulation_equals_xla_in_gradient(case, impl):
   x, k = _inputs(case, seed=1)
   # A loss whose cotangent varies per output element, so every gradient path is exercised.
@@ -71,7 +73,7 @@ def test_module_matches_flax_conv_parameters_and_output():
   ref_mod = nn.Conv(32, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), feature_group_count=4,
                     use_bias=False)
   params = ref_mod.init(jax.random.PRNGKey(0), x)
-  for impl in ("xla", "matmul", "block_diag", "auto"):
+  for impl in ("xla", "matmul", "block_diag", "fma", "auto"):
     mod = gc.GroupedConv(32, (3, 3), (2, 2), ((1, 1), (1, 1)), groups=4, impl=impl)
     ours_params = mod.init(jax.random.PRNGKey(0), x)
     assert jax.tree.map(jnp.shape, ours_params) == jax.tree.map(jnp.shape, params)
@@ -80,7 +82,9 @@ def test_module_matches_flax_conv_parameters_and_output():
 
 def test_auto_choice_and_bad_inputs_name_the_problem():
   cpu = jax.default_backend() == "cpu"
-  assert gc.resolve_impl("auto", 32) == ("matmul" if cpu else "xla")
+  assert gc.resolve_impl("auto", 32) == ("fma" if cpu else "xla")
+  assert gc.resolve_impl("auto", 32, 8) == ("fma" if cpu else "xla")
+  assert gc.resolve_impl("auto", 32, 16) == ("matmul" if cpu else "xla")
   assert gc.resolve_impl("auto", 2) == ("block_diag" if cpu else "xla")
   assert gc.resolve_impl("auto", 1) == "xla"
   with pytest.raises(ValueError, match="impl must be one of"):

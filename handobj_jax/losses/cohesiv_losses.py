@@ -22,6 +22,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from handobj_jax.models import fast_ops
+
 Array = jax.Array
 
 
@@ -151,7 +153,7 @@ def embedding_loss(z: Array,
   counts = jnp.stack([mc[1] for mc in means_counts], axis=1)  # [B, 3]
   if stop_gradient_means:
     means = jax.lax.stop_gradient(means)
-  logits = jnp.einsum("bkf,bhwf->bhwk", means, z, precision=jax.lax.Precision.HIGHEST)  # [B, H, W, 3]
+  logits = fast_ops.pixel_dot(z, means)  # [B, H, W, 3]
   log_eps = jnp.full(logits.shape[:-1] + (1,), jnp.log(eps), jnp.float32)
   log_den = jax.nn.logsumexp(jnp.concatenate([logits, log_eps], -1), axis=-1)
   # log(exp(a_g) + eps) for each of the three possible numerators.

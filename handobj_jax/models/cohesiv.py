@@ -42,6 +42,7 @@ import jax.numpy as jnp
 
 from handobj_jax.geometry.responsibility import bilinear_sample
 from handobj_jax.models import encoders as encoders_lib
+from handobj_jax.models import fast_ops
 from handobj_jax.models.unet import UNetDecoder
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -179,6 +180,5 @@ def attention_map(q: jax.Array, k: jax.Array, points: jax.Array) -> Attention:
     raise ValueError(f"points must be [B, P, 2] with B={q.shape[0]}, got "
                      f"{points.shape}")
   q_at = bilinear_sample(q, points)  # [B, P, A]
-  raw = jnp.einsum("bpa,bhwa->bphw", q_at, k,
-                   precision=jax.lax.Precision.HIGHEST)
+  raw = fast_ops.pixel_dot(k, q_at).transpose(0, 3, 1, 2)  # Q(p)^T K, [B, P, H, W].
   return Attention(attention=jnp.clip(raw, 0.0, 1.0), raw=raw)

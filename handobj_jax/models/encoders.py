@@ -55,6 +55,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from handobj_jax.models import fast_ops
 from handobj_jax.models import grouped_conv as grouped_conv_lib
 
 # timm initialises every conv with kaiming normal, fan_out, ReLU gain.
@@ -201,8 +202,8 @@ class ResNetEncoder(nn.Module):
                 use_bias=False, kernel_init=conv_init, name="conv1")(x)
     y = nn.relu(_batch_norm(train, "bn1")(y))
     features = [y]
-    # Max-pool padding is -inf (reduce_window's init value), as in PyTorch.
-    y = nn.max_pool(y, (3, 3), strides=(2, 2), padding=_pad(3))
+    # Max-pool padding is -inf, as in PyTorch (fast_ops: the same values, a faster gradient on CPU).
+    y = fast_ops.max_pool(y, (3, 3), (2, 2), _pad(3))
     in_channels = self.stem_width
     for s, (num_blocks, planes) in enumerate(
         zip(self.stage_sizes, self.stage_planes)):

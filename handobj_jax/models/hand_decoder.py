@@ -72,6 +72,7 @@ import numpy as np
 
 from handobj_jax.evaluation.ho3d import FINGERTIP_VERTEX_IDS
 from handobj_jax.geometry import rotation
+from handobj_jax.models import fast_ops
 from handobj_jax.models import mano as mano_lib
 from handobj_jax.models.encoders import BN_EPSILON, BN_MOMENTUM
 from handobj_jax.models.unet import upsample_nearest_2x
@@ -99,7 +100,7 @@ def _bn(train: bool, name: str) -> nn.BatchNorm:
 
 
 def _max_pool_2x(x: jax.Array) -> jax.Array:
-  return nn.max_pool(x, (2, 2), strides=(2, 2))
+  return fast_ops.max_pool(x, (2, 2), (2, 2), ((0, 0), (0, 0)))
 
 
 class PreActBottleneck(nn.Module):

@@ -76,9 +76,12 @@ def _replicated(mesh) -> jax.sharding.NamedSharding:
 
 
 def _tree_all_finite(tree: Any) -> jax.Array:
-  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
-            if jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating)]
-  return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+  # One float max |x| per leaf (NaN propagates through max), then one isfinite: XLA:CPU split the former
+  # per-leaf all(isfinite(x)) into ~5 small boolean reduce-window kernels per leaf (about 3,000 kernels in
+  # the COHESIV step).
+  leaves = [jnp.max(jnp.abs(x)).astype(jnp.float32) for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating) and jnp.size(x)]
+  return jnp.all(jnp.isfinite(jnp.stack(leaves))) if leaves else jnp.asarray(True)
 
 
 def make_train_step(task: Task, mesh) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
