@@ -36,7 +36,8 @@ Presets:
          and the pose network.
   full   the issue's sizes: SE-ResNeXt-50 and ResNet-50 at 128^2 and 256^2 (batch 10), latency at 512^2
          batch 1, pose `cpu` and `default` (batch 2 on a CPU), the `small` build (128^2, batch 10).
-         Expected time: not measured yet.
+         Expected time on a 2-core CPU: 315 s for `--only peaks,responsibility,inference,latency,tfdata`
+         (benchmarks/RESULTS.md); the train and pose sections add several minutes per row (not timed yet).
 Other processes slow every column alike only if they run throughout; compare ratios, and the load averages.
 """
 from __future__ import annotations

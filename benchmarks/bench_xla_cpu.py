@@ -19,9 +19,10 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(_ROOT, "benchmarks"))
+from bench_grouped_conv import _best  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 # name: (N, H, Cin, Cout, groups, stride)
 CASES = {
@@ -30,16 +31,6 @@ CASES = {
     "grouped 128, 32 groups, at 64^2 (stage 1)": (10, 64, 128, 128, 32, 1),
     "grouped 512, 32 groups, at 16^2 (stage 3)": (10, 16, 512, 512, 32, 1),
 }
-
-
-def _best(fn, repeats):
-  fn()
-  times = []
-  for _ in range(repeats):
-    t = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t)
-  return min(times)
 
 
 def _worker(column: str, repeats: int) -> dict:
