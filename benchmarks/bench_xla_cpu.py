@@ -2,7 +2,7 @@
 
 Each column runs in its own subprocess (XLA flags are fixed when JAX creates its CPU backend):
   off    HANDOBJ_JAX_XLA_CPU_YNN=0: plain XLA:CPU
-  on     the project's default: --xla_cpu_experimental_ynn_fusion_type=dot
+  on     HANDOBJ_JAX_XLA_CPU_YNN=1 (opt-in): --xla_cpu_experimental_ynn_fusion_type=dot
   torch  torch.nn.functional.conv2d, NCHW, eager (needs the reference extra)
 Workloads (float32, NHWC for JAX): the 3x3 convolutions of the COHESIV network at 256^2, batch 10. "fwd" is
 the output alone, "fwd+bwd" the value and the gradients of sum(y^2) w.r.t. input and kernel; the minimum of

@@ -2,8 +2,8 @@
 
 from handobj_jax import xla_cpu as _xla_cpu
 
-# Before JAX creates its CPU backend: XLA:CPU's fast convolution path (see handobj_jax/xla_cpu.py; the
-# environment variable HANDOBJ_JAX_XLA_CPU_YNN=0 turns it off).
+# Before JAX creates its CPU backend: XLA:CPU's faster convolution path when HANDOBJ_JAX_XLA_CPU_YNN=1 is set
+# (opt-in; see handobj_jax/xla_cpu.py).
 _xla_cpu.apply()
 
 __version__ = "0.1.0"

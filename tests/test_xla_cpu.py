@@ -102,15 +102,17 @@ def test_cohesiv_loss_and_gradients_are_the_same_with_and_without_the_flag(tmp_p
   assert float(np.median(list(errors.values()))) < 1e-3
 
 
-def test_apply_adds_the_flag_once_and_obeys_the_switch(monkeypatch):
+def test_apply_adds_the_flag_once_when_switched_on(monkeypatch):
   monkeypatch.setattr(xla_cpu.metadata, "version", lambda name: "0.10.2")
   env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+  assert not xla_cpu.apply(env) and env["XLA_FLAGS"] == "--xla_force_host_platform_device_count=2"  # Opt-in.
+  env[xla_cpu.SWITCH] = "1"
   assert xla_cpu.apply(env) and xla_cpu.apply(env)
   assert env["XLA_FLAGS"] == "--xla_force_host_platform_device_count=2 " + xla_cpu.FLAG
   env = {xla_cpu.SWITCH: "0"}
   assert not xla_cpu.apply(env) and "XLA_FLAGS" not in env
-  env = {"XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type=dot,reduce"}  # The user's own choice stays.
+  env = {xla_cpu.SWITCH: "1", "XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type=dot,reduce"}  # Kept as is.
   assert xla_cpu.apply(env) and env["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type=dot,reduce"
   monkeypatch.setattr(xla_cpu.metadata, "version", lambda name: "0.11.0")  # Not measured: left alone.
-  env = {}
-  assert not xla_cpu.apply(env) and env == {}
+  env = {xla_cpu.SWITCH: "1"}
+  assert not xla_cpu.apply(env) and "XLA_FLAGS" not in env
